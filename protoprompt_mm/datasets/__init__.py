@@ -1,0 +1,2 @@
+"""Histology WSSS datasets and their transforms."""
+from . import transforms  # noqa: F401

@@ -1,0 +1,1 @@
+"""Registered components; importing this module registers them."""
