@@ -1,0 +1,187 @@
+"""Consistency of predictions inside connected pseudo-label regions."""
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmseg.registry import MODELS
+from scipy import ndimage
+from torch import Tensor
+
+_REDUCTIONS = ('none', 'mean', 'sum')
+_EPS = 1e-12
+
+
+@MODELS.register_module()
+class RegionConsistencyLoss(nn.Module):
+    """Pull every pixel's class distribution towards its region's mean.
+
+    A region is a connected component of pixels sharing the same valid label
+    (not ``ignore_index``, inside ``[0, C)``); components never connect
+    across images of the batch. With ``p = softmax(pred)`` and ``p̄_r`` the
+    mean of ``p`` over region ``r``, each pixel ``i`` of ``r`` contributes
+
+    .. math::
+
+        \\mathrm{KL}(\\bar p_r \\,\\|\\, p_i)
+            = \\sum_c \\bar p_{r,c} (\\log \\bar p_{r,c} - \\log p_{i,c}),
+
+    with ``p̄_r`` detached when ``detach_target``. ``log p_i`` comes from
+    ``log_softmax`` and ``p̄_r`` is clamped before the log, so the loss is
+    always finite.
+
+    Connected components are computed with :func:`scipy.ndimage.label` on
+    the CPU copy of the labels: one call per class present in the batch,
+    over the whole (B, H, W) volume with a 3-D structuring element that has
+    no connectivity along the batch axis; component ids are offset to be
+    globally unique and moved back to ``pred.device``. Region means and the
+    per-pixel KL are vectorised (``index_add`` over region ids), with no
+    Python loop over pixels or regions.
+
+    Args:
+        connectivity (int): 4 or 8 pixel connectivity of the regions.
+            Defaults to 4.
+        min_region_size (int): Regions with fewer pixels are excluded.
+            Defaults to 1.
+        detach_target (bool): Stop the gradient through the region means.
+            Defaults to True.
+        loss_weight (float): Multiplier of the loss. Defaults to 1.0.
+        reduction (str): ``'none'`` ((B, H, W) map, zero at excluded
+            pixels), ``'mean'`` (mean over counted pixels) or ``'sum'``.
+            Defaults to ``'mean'``.
+        loss_name (str): Name of the loss item; it must start with ``loss_``
+            to be summed into the total loss. Defaults to ``'loss_region'``.
+    """
+
+    def __init__(self,
+                 connectivity: int = 4,
+                 min_region_size: int = 1,
+                 detach_target: bool = True,
+                 loss_weight: float = 1.0,
+                 reduction: str = 'mean',
+                 loss_name: str = 'loss_region') -> None:
+        super().__init__()
+        if reduction not in _REDUCTIONS:
+            raise ValueError(f'reduction must be one of {_REDUCTIONS}, '
+                             f'got {reduction!r}')
+        if connectivity not in (4, 8):
+            raise ValueError(
+                f'connectivity must be 4 or 8, got {connectivity}')
+        if min_region_size < 1:
+            raise ValueError(
+                f'min_region_size must be >= 1, got {min_region_size}')
+        self.connectivity = connectivity
+        self.min_region_size = min_region_size
+        self.detach_target = detach_target
+        self.loss_weight = loss_weight
+        self.reduction = reduction
+        self._loss_name = loss_name
+
+    def forward(self,
+                pred: Tensor,
+                target: Tensor,
+                weight: Optional[Tensor] = None,
+                ignore_index: Optional[int] = 255,
+                **kwargs) -> Tensor:
+        """Compute the loss.
+
+        Args:
+            pred (Tensor): Logits of shape (B, C, h, w); bilinearly resized
+                to (H, W) when the sizes differ.
+            target (Tensor): Pseudo labels of shape (B, H, W).
+            weight (Tensor, optional): Per-pixel weight of shape (B, H, W)
+                multiplying each pixel's loss. Defaults to None.
+            ignore_index (int, optional): Label excluded from every region;
+                labels outside [0, C) are excluded too. Defaults to 255.
+            **kwargs: Ignored; accepted for mmseg head compatibility.
+
+        Returns:
+            Tensor: Scalar loss for ``'mean'``/``'sum'`` or a (B, H, W) map
+            for ``'none'``. With no counted pixel it is a zero still
+            attached to the graph.
+        """
+        if pred.dim() != 4:
+            raise ValueError('pred must be (B, C, H, W) logits, got shape '
+                             f'{tuple(pred.shape)}')
+        if target.dim() != 3 or target.shape[0] != pred.shape[0]:
+            raise ValueError(f'target must be (B, H, W) with B={pred.shape[0]}'
+                             f', got shape {tuple(target.shape)}')
+        if weight is not None and weight.shape != target.shape:
+            raise ValueError(f'weight must have the target shape '
+                             f'{tuple(target.shape)}, got '
+                             f'{tuple(weight.shape)}')
+        num_classes = pred.shape[1]
+        if pred.shape[-2:] != target.shape[-2:]:
+            pred = F.interpolate(
+                pred, size=target.shape[-2:], mode='bilinear',
+                align_corners=False)
+
+        region_ids, num_regions = self._label_regions(target, num_classes,
+                                                      ignore_index)
+        # Excluded pixels go to an extra sink region so every gather is valid.
+        region_ids = region_ids.reshape(-1).to(pred.device)
+        in_region = region_ids >= 0
+        region_ids = torch.where(in_region, region_ids, num_regions)
+        sizes = torch.bincount(region_ids, minlength=num_regions + 1)
+        counted = in_region & (sizes[region_ids] >= self.min_region_size)
+
+        log_probs = F.log_softmax(pred.float(), dim=1)
+        log_probs = log_probs.permute(0, 2, 3, 1).reshape(-1, num_classes)
+        probs = log_probs.exp()
+        region_sum = probs.new_zeros(num_regions + 1, num_classes).index_add(
+            0, region_ids, probs)
+        region_mean = region_sum / sizes.clamp(min=1).unsqueeze(1)
+        mean_probs = region_mean[region_ids]
+        if self.detach_target:
+            mean_probs = mean_probs.detach()
+        kl = (mean_probs *
+              (mean_probs.clamp(min=_EPS).log() - log_probs)).sum(dim=1)
+        loss = torch.where(counted, kl, torch.zeros_like(kl))
+        if weight is not None:
+            loss = loss * weight.reshape(-1).to(loss)
+
+        if self.reduction == 'mean':
+            loss = loss.sum() / counted.sum().clamp(min=1)
+        elif self.reduction == 'sum':
+            loss = loss.sum()
+        else:
+            loss = loss.view(target.shape)
+        return self.loss_weight * loss
+
+    def _label_regions(self, target: Tensor, num_classes: int,
+                       ignore_index: Optional[int]) -> Tuple[Tensor, int]:
+        """Label the connected same-class regions of a batch of label maps.
+
+        Args:
+            target (Tensor): Labels of shape (B, H, W), on any device.
+            num_classes (int): Number of classes C; labels outside [0, C)
+                belong to no region.
+            ignore_index (int, optional): Label belonging to no region.
+
+        Returns:
+            tuple[Tensor, int]: CPU long tensor (B, H, W) of globally unique
+            region ids in [0, R) (-1 where no region), and R.
+        """
+        labels = target.detach().cpu().numpy()
+        valid = (labels >= 0) & (labels < num_classes)
+        if ignore_index is not None:
+            valid &= labels != ignore_index
+        structure = np.zeros((3, 3, 3), dtype=bool)
+        structure[1] = ndimage.generate_binary_structure(
+            2, 1 if self.connectivity == 4 else 2)
+        region_ids = np.full(labels.shape, -1, dtype=np.int64)
+        num_regions = 0
+        present = np.flatnonzero(
+            np.bincount(labels[valid].astype(np.int64), minlength=num_classes))
+        for cls in present:
+            mask = labels == cls
+            components, count = ndimage.label(mask, structure=structure)
+            region_ids[mask] = components[mask] + (num_regions - 1)
+            num_regions += count
+        return torch.from_numpy(region_ids), num_regions
+
+    @property
+    def loss_name(self) -> str:
+        """str: Name of the loss item (``loss_`` prefixed to be summed)."""
+        return self._loss_name
