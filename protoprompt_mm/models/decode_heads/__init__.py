@@ -1,1 +1,4 @@
-"""Registered components; importing this module registers them."""
+"""Decode heads."""
+from .prompt_fusion_head import PromptFusionHead
+
+__all__ = ['PromptFusionHead']

@@ -1,1 +1,8 @@
-"""Registered components; importing this module registers them."""
+"""Necks: the prototype bank and the features it hands to heads."""
+from .prompted_features import PromptedFeatures, as_prompted_features
+from .prototype_bank import PrototypeBank, load_prototype_file
+
+__all__ = [
+    'PromptedFeatures', 'as_prompted_features', 'PrototypeBank',
+    'load_prototype_file'
+]

@@ -1,1 +1,4 @@
-"""Registered components; importing this module registers them."""
+"""Segmentors."""
+from .protoprompt_segmentor import ProtoPromptSegmentor
+
+__all__ = ['ProtoPromptSegmentor']

@@ -1,0 +1,36 @@
+"""ProtoPromptSegmentor: an EncoderDecoder that keeps the prototypes fresh."""
+from typing import List
+
+from mmseg.models.segmentors import EncoderDecoder
+from mmseg.registry import MODELS
+from mmseg.utils import SampleList
+from torch import Tensor
+
+from ..necks.prompted_features import PromptedFeatures
+from ..necks.prototype_bank import PrototypeBank
+from .finite_loss import FiniteLossMixin
+
+
+@MODELS.register_module()
+class ProtoPromptSegmentor(FiniteLossMixin, EncoderDecoder):
+    """``EncoderDecoder`` that drives a momentum ``PrototypeBank``.
+
+    Identical to ``EncoderDecoder`` except that, after the decode head's
+    losses of a training step, a ``PrototypeBank`` neck in ``'momentum'`` mode
+    is updated with that step's pixel embeddings and (pseudo-)labels. With a
+    ``'learned'`` bank it behaves like ``EncoderDecoder``. A non-finite loss
+    raises ``FloatingPointError`` before the optimizer step.
+    """
+
+    def _decode_head_forward_train(self, inputs: List[Tensor],
+                                   data_samples: SampleList) -> dict:
+        losses = super()._decode_head_forward_train(inputs, data_samples)
+        neck = self.neck if self.with_neck else None
+        if (isinstance(neck, PrototypeBank) and neck.update_mode == 'momentum'
+                and isinstance(inputs, PromptedFeatures)):
+            seg_label = self.decode_head._stack_batch_gt(data_samples)
+            neck.momentum_update(
+                inputs.embedding,
+                seg_label,
+                ignore_index=self.decode_head.ignore_index)
+        return losses

@@ -1,0 +1,4 @@
+"""Small utilities shared by the tools."""
+from .config import load_config
+
+__all__ = ['load_config']

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Usage: tools/dist_test.sh CONFIG CHECKPOINT NPROC [extra args for tools/test.py]
+# Backend (nccl on GPUs, gloo on CPU) comes from env_cfg.dist_cfg in the config.
+set -euo pipefail
+CONFIG=$1
+CHECKPOINT=$2
+NPROC=$3
+shift 3
+NNODES=${NNODES:-1}
+NODE_RANK=${NODE_RANK:-0}
+PORT=${PORT:-29500}
+MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
+PYTHON=${PYTHON:-python}
+PYTHONPATH="$(dirname "$0")/..":${PYTHONPATH:-} \
+$PYTHON -m torch.distributed.run \
+    --nnodes="$NNODES" \
+    --node_rank="$NODE_RANK" \
+    --master_addr="$MASTER_ADDR" \
+    --master_port="$PORT" \
+    --nproc_per_node="$NPROC" \
+    "$(dirname "$0")/test.py" "$CONFIG" "$CHECKPOINT" --launcher pytorch "$@"

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Usage: tools/dist_train.sh CONFIG NPROC [extra args for tools/train.py]
+# Backend (nccl on GPUs, gloo on CPU) comes from env_cfg.dist_cfg in the config.
+set -euo pipefail
+CONFIG=$1
+NPROC=$2
+shift 2
+NNODES=${NNODES:-1}
+NODE_RANK=${NODE_RANK:-0}
+PORT=${PORT:-29500}
+MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
+PYTHON=${PYTHON:-python}
+PYTHONPATH="$(dirname "$0")/..":${PYTHONPATH:-} \
+$PYTHON -m torch.distributed.run \
+    --nnodes="$NNODES" \
+    --node_rank="$NODE_RANK" \
+    --master_addr="$MASTER_ADDR" \
+    --master_port="$PORT" \
+    --nproc_per_node="$NPROC" \
+    "$(dirname "$0")/train.py" "$CONFIG" --launcher pytorch "$@"
