@@ -1,0 +1,4 @@
+"""Evaluation metrics."""
+from .metrics import TissueIoUMetric
+
+__all__ = ['TissueIoUMetric']
