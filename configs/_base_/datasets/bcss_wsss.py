@@ -1,0 +1,97 @@
+# BCSS-WSSS (TUM, STR, LYM, NEC; mask index 4 = background -> ignored).
+#
+# Stage 1 trains on image-level labels only (`train_dataloader`). Stage 2
+# trains on pseudo masks with one assignment in the stage-2 config:
+#
+#     train_dataloader = _base_.train_dataloader_pseudo
+#
+# which reads the masks from `pseudo_mask_dir` (default `pseudo_masks`,
+# absolute or relative to `data_root`, same base names as the training
+# images, palette PNGs like the GT). Another folder:
+#
+#     train_dataloader = dict(dataset=dict(
+#         pseudo_mask_dir='/abs/path/pseudo_masks',
+#         pipeline=_base_.train_pipeline_pseudo))
+#
+# To run without worker processes set both `num_workers=0` and
+# `persistent_workers=False` in a dataloader.
+dataset_type = 'BCSSWSSSDataset'
+data_root = 'data/BCSS-WSSS'
+num_tissue_classes = 4
+crop_size = (224, 224)
+seg_meta_keys = ('img_path', 'seg_map_path', 'ori_shape', 'img_shape',
+                 'pad_shape', 'scale_factor', 'flip', 'flip_direction',
+                 'reduce_zero_label', 'img_labels')
+augmentations = [
+    dict(type='RandomFlip', prob=0.5, direction='horizontal'),
+    dict(type='RandomFlip', prob=0.5, direction='vertical'),
+    dict(
+        type='PhotoMetricDistortion',
+        brightness_delta=16,
+        contrast_range=(0.8, 1.2),
+        saturation_range=(0.8, 1.2),
+        hue_delta=5),
+]
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadImageLevelLabels', num_classes=num_tissue_classes),
+    *augmentations,
+    dict(type='PackSegInputs', meta_keys=seg_meta_keys),
+]
+train_pipeline_pseudo = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadHistoAnnotations', num_classes=num_tissue_classes),
+    dict(type='LoadImageLevelLabels', num_classes=num_tissue_classes),
+    *augmentations,
+    dict(type='PackSegInputs', meta_keys=seg_meta_keys),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadHistoAnnotations', num_classes=num_tissue_classes),
+    dict(type='LoadImageLevelLabels', num_classes=num_tissue_classes),
+    dict(type='PackSegInputs', meta_keys=seg_meta_keys),
+]
+num_workers = 2
+train_dataloader = dict(
+    batch_size=8,
+    num_workers=num_workers,
+    persistent_workers=num_workers > 0,
+    sampler=dict(type='InfiniteSampler', shuffle=True),
+    dataset=dict(
+        type=dataset_type,
+        data_root=data_root,
+        split='train',
+        pipeline=train_pipeline))
+train_dataloader_pseudo = dict(
+    batch_size=8,
+    num_workers=num_workers,
+    persistent_workers=num_workers > 0,
+    sampler=dict(type='InfiniteSampler', shuffle=True),
+    dataset=dict(
+        type=dataset_type,
+        data_root=data_root,
+        split='train',
+        pseudo_mask_dir='pseudo_masks',
+        pipeline=train_pipeline_pseudo))
+val_dataloader = dict(
+    batch_size=1,
+    num_workers=num_workers,
+    persistent_workers=num_workers > 0,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    dataset=dict(
+        type=dataset_type,
+        data_root=data_root,
+        split='val',
+        pipeline=test_pipeline))
+test_dataloader = dict(
+    batch_size=1,
+    num_workers=num_workers,
+    persistent_workers=num_workers > 0,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    dataset=dict(
+        type=dataset_type,
+        data_root=data_root,
+        split='test',
+        pipeline=test_pipeline))
+val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
+test_evaluator = val_evaluator
