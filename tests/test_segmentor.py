@@ -81,34 +81,22 @@ def test_slide_inference_with_prompting_head():
     assert results[0].pred_sem_seg.data.shape == (1, 56, 56)
 
 
-def test_head_in_stock_mmseg_fcn_r18_config(tmp_path):
-    """Our neck and head dropped into mmseg's own FCN ResNet-18 config."""
-    child = tmp_path / 'fcn_child.py'
-    child.write_text(
-        "_base_ = 'mmseg::fcn/fcn_r18-d8_4xb2-80k_cityscapes-512x1024.py'\n")
-    cfg = load_config(str(child))
+def test_head_in_stock_mmseg_fcn_r18_config():
+    """README's example: our neck and head in mmseg's FCN ResNet-18 config."""
+    cfg = load_config('configs/examples/fcn_r18_prototype_prompting.py')
     model = cfg.model
+    assert model.auxiliary_head.type == 'FCNHead'  # the stock head stays
     bn = dict(type='BN', requires_grad=True)
     model.data_preprocessor.size = (32, 32)
-    model.backbone.norm_cfg = bn
-    model.auxiliary_head.norm_cfg = bn
-    model.auxiliary_head.num_classes = 4
-    model.neck = dict(type='PrototypeBank', in_channels=[64, 128, 256, 512],
-                      in_index=[3], num_classes=4, embed_dim=16,
-                      num_prototypes=2, norm_cfg=bn)
-    model.decode_head = dict(
-        type='PromptFusionHead', in_channels=512, in_index=3, channels=16,
-        embed_dim=16, num_attn_heads=2, num_classes=4, norm_cfg=bn,
-        loss_decode=[
-            dict(type='CrossEntropyLoss', avg_non_ignore=True),
-            dict(type='RegionConsistencyLoss', loss_weight=0.1),
-            dict(type='PrototypeContrastiveLoss', loss_weight=0.1),
-        ])
+    for part in (model.backbone, model.neck, model.decode_head,
+                 model.auxiliary_head):
+        part.norm_cfg = bn  # SyncBN needs a process group
     segmentor = MODELS.build(model)
     log_vars = train_one_step(segmentor, make_batch())
     for key in ('decode.loss_ce', 'decode.loss_region',
                 'decode.loss_proto_contrast', 'aux.loss_ce'):
         assert torch.isfinite(log_vars[key]), key
+    assert int(segmentor.neck.num_updates) == 1
 
 
 def test_non_finite_loss_never_reaches_the_optimizer():

@@ -93,5 +93,5 @@ test_dataloader = dict(
         data_root=data_root,
         split='test',
         pipeline=test_pipeline))
-val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
+val_evaluator = dict(type='TissueIoUMetric', iou_metrics=['mIoU'])
 test_evaluator = val_evaluator
