@@ -205,7 +205,8 @@ def test_real_data_configs_build(tmp_path, config, dataset_cls, names,
     names = make_layout(tmp_path, names=names)
     cfg = Config.fromfile(
         osp.join(REPO_ROOT, 'configs', '_base_', 'datasets', config))
-    assert cfg.val_evaluator == dict(type='IoUMetric', iou_metrics=['mIoU'])
+    assert cfg.val_evaluator == dict(type='TissueIoUMetric',
+                                     iou_metrics=['mIoU'])
     for key in ('train_dataloader', 'train_dataloader_pseudo',
                 'val_dataloader', 'test_dataloader'):
         cfg[key].dataset.data_root = str(tmp_path)

@@ -1,2 +1,3 @@
 """Models: backbone wrappers, the prototype neck, heads, segmentors, losses."""
-from . import backbones, decode_heads, losses, necks, segmentors  # noqa: F401
+from . import (backbones, decode_heads, losses, necks,  # noqa: F401
+               segmentors, utils)

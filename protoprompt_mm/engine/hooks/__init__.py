@@ -1,1 +1,2 @@
 """Registered components; importing this module registers them."""
+from .prototype_init_hook import PrototypeInitHook  # noqa: F401

@@ -1,0 +1,109 @@
+"""Build k-means prototypes of a config's PrototypeBank and save them.
+
+The written file (``{'prototypes': (N, K, D), 'classes': [...], 'meta':
+{...}}``) is what ``PrototypeBank(init_prototypes=FILE)`` loads. The image
+bank and the settings are those of ``PrototypeInitHook`` (same code): the
+config's ``PrototypeInitHook`` entry in ``custom_hooks`` when present, its
+defaults otherwise, overridden by the options below. The images are
+embedded by the config's model (with CHECKPOINT loaded when given); the
+hook's ``encoder`` setting is not used here.
+
+Example::
+
+    python tools/build_prototype_bank.py configs/stage1.py \
+        work_dirs/stage1/iter_4000.pth --out work_dirs/prototypes.pth
+"""
+import argparse
+from typing import List, Optional
+
+import torch
+from mmengine.config import DictAction
+from mmengine.logging import print_log
+from mmengine.registry import init_default_scope
+
+import protoprompt_mm  # noqa: F401  (registers the components)
+from mmseg.registry import HOOKS
+from protoprompt_mm.engine.hooks import PrototypeInitHook
+from protoprompt_mm.engine.prototype_bank_builder import (
+    build_frozen_model, build_prototype_record, save_prototype_file)
+from protoprompt_mm.utils import load_config
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description='Build PrototypeBank prototypes by k-means over '
+        'single-label training images')
+    parser.add_argument('config', help='config file with a PrototypeBank')
+    parser.add_argument(
+        'checkpoint',
+        nargs='?',
+        help='optional local checkpoint to embed with')
+    parser.add_argument('--out', required=True, help='output .pth file')
+    parser.add_argument(
+        '--max-images-per-class',
+        type=int,
+        help='cap of single-label images per class')
+    parser.add_argument('--num-iters', type=int, help='k-means iterations')
+    parser.add_argument('--seed', type=int, help='k-means seed')
+    parser.add_argument(
+        '--tissue-threshold',
+        type=float,
+        help='white level of the tissue mask (>= 255: every pixel)')
+    parser.add_argument(
+        '--device',
+        default='cuda' if torch.cuda.is_available() else 'cpu',
+        help='device that embeds the images')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override config keys, e.g. train_dataloader.dataset.'
+        'data_root=data/bcss')
+    return parser.parse_args(argv)
+
+
+def hook_from_config(cfg) -> PrototypeInitHook:
+    """The config's ``PrototypeInitHook``, or one with default settings.
+
+    Raises:
+        ValueError: If ``custom_hooks`` holds several of them.
+    """
+    entries = [
+        hook for hook in cfg.get('custom_hooks', [])
+        if hook.get('type') in ('PrototypeInitHook', PrototypeInitHook)
+    ]
+    if len(entries) > 1:
+        raise ValueError(f'{cfg.filename}: custom_hooks has {len(entries)} '
+                         'PrototypeInitHook entries, expected at most one')
+    return HOOKS.build(entries[0]) if entries else PrototypeInitHook()
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    args = parse_args(argv)
+    cfg = load_config(args.config, args.cfg_options)
+    init_default_scope(cfg.get('default_scope', 'mmseg'))
+    hook = hook_from_config(cfg)
+    settings = dict(
+        max_images_per_class=hook.max_images_per_class,
+        num_iters=hook.num_iters,
+        seed=hook.seed,
+        tissue_threshold=hook.tissue_threshold)
+    for key in settings:
+        if getattr(args, key) is not None:
+            settings[key] = getattr(args, key)
+    model = build_frozen_model(cfg, args.checkpoint).to(args.device)
+    record = build_prototype_record(
+        model,
+        cfg.get('train_dataloader'),
+        image_bank=hook.image_bank,
+        **settings)
+    record['meta'].update(config=args.config, checkpoint=args.checkpoint)
+    save_prototype_file(args.out, record)
+    print_log(
+        f"Saved prototypes {tuple(record['prototypes'].shape)} of classes "
+        f"{record['classes']} to {args.out}",
+        logger='current')
+
+
+if __name__ == '__main__':
+    main()
