@@ -1,4 +1,6 @@
 """Segmentors."""
+from .cam_segmentor import CAMSegmentor
 from .protoprompt_segmentor import ProtoPromptSegmentor
 
 __all__ = ['ProtoPromptSegmentor']
+__all__ += ['CAMSegmentor']

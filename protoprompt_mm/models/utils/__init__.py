@@ -1,4 +1,10 @@
 """Helpers shared by models and tools."""
+from .cam_utils import (fuse_cams, gate_cams, gated_argmax, labels_from_probs,
+                        normalize_cams, stack_img_labels)
 from .cosine_kmeans import cosine_kmeans
 
 __all__ = ['cosine_kmeans']
+__all__ += [
+    'normalize_cams', 'fuse_cams', 'labels_from_probs', 'gate_cams',
+    'gated_argmax', 'stack_img_labels'
+]
