@@ -43,7 +43,6 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.distributed as torch_dist
 from mmengine.config import Config, DictAction
 from mmengine.dataset import pseudo_collate
 from mmengine.device import get_device
@@ -61,7 +60,7 @@ from protoprompt_mm.datasets.synthetic_histo import save_palette_mask
 from protoprompt_mm.datasets.transforms import (LoadHistoAnnotations,
                                                 cams_to_pseudo_label)
 from protoprompt_mm.models.segmentors import CAMSegmentor
-from protoprompt_mm.utils import load_config
+from protoprompt_mm.utils import init_cpu_process_group, load_config
 
 METRICS_FILE = 'pseudo_mask_metrics.json'
 
@@ -119,16 +118,9 @@ def parse_args() -> argparse.Namespace:
 
 
 def setup_dist(launcher: str, dist_cfg: dict) -> None:
-    """Join the process group started by ``torchrun``.
-
-    mmengine's ``init_dist`` selects a CUDA device unconditionally, so on a
-    machine without GPU the default group is created directly with gloo
-    (``MASTER_ADDR`` / ``RANK`` / ... from the launcher's environment).
-    """
-    if torch.cuda.is_available():
+    """Join the process group started by ``torchrun`` (gloo without GPU)."""
+    if not init_cpu_process_group(launcher, dist_cfg.get('backend', 'gloo')):
         init_dist(launcher, **dist_cfg)
-    else:
-        torch_dist.init_process_group(backend='gloo')
 
 
 def pseudo_label_params(cfg: Config, args: argparse.Namespace,

@@ -13,7 +13,7 @@ from mmengine.logging import print_log
 from mmengine.runner import Runner
 
 from mmseg.registry import RUNNERS
-from protoprompt_mm.utils import load_config
+from protoprompt_mm.utils import init_cpu_process_group, load_config
 
 
 def parse_args() -> argparse.Namespace:
@@ -72,6 +72,14 @@ def main() -> None:
     if args.amp:
         enable_amp(cfg)
     cfg.resume = args.resume
+    backend = cfg.get('env_cfg', {}).get('dist_cfg', {}).get('backend', 'gloo')
+    if init_cpu_process_group(args.launcher, backend):
+        # CPU DDP: no device_ids; buffers as in mmengine's default wrapper.
+        cfg.model_wrapper_cfg = cfg.get('model_wrapper_cfg') or dict(
+            type='MMDistributedDataParallel',
+            device_ids=None,
+            broadcast_buffers=False,
+            find_unused_parameters=cfg.get('find_unused_parameters', False))
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg \
         else RUNNERS.build(cfg)
     runner.train()

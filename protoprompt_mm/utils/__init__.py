@@ -1,4 +1,5 @@
 """Small utilities shared by the tools."""
 from .config import load_config
+from .dist import init_cpu_process_group
 
-__all__ = ['load_config']
+__all__ = ['load_config', 'init_cpu_process_group']

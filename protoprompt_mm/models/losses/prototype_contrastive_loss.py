@@ -154,9 +154,12 @@ class PrototypeContrastiveLoss(nn.Module):
         # Gather (M, D) rows straight from (B, D, h*w) without a full copy.
         pixels = height * width
         embeddings = pred.flatten(2)[index // pixels, :, index % pixels]
-        embeddings = F.normalize(embeddings.float(), dim=1)
-        protos = F.normalize(prototypes.float(), dim=-1)
-        logits = embeddings @ protos.reshape(-1, dim).t() / self.temperature
+        # fp32 even under autocast: logits / temperature overflow half types.
+        with torch.autocast(device_type=pred.device.type, enabled=False):
+            embeddings = F.normalize(embeddings.float(), dim=1)
+            protos = F.normalize(prototypes.float(), dim=-1)
+            logits = embeddings @ protos.reshape(-1, dim).t()
+            logits = logits / self.temperature
         rows = torch.arange(classes.numel(), device=classes.device)
         positives = logits.view(-1, num_classes, num_protos)[rows, classes]
         loss = logits.logsumexp(dim=1) - positives.logsumexp(dim=1)

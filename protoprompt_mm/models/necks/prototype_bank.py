@@ -169,7 +169,8 @@ class PrototypeBank(BaseModule):
                 f'PrototypeBank: got {len(inputs)} feature levels, expected '
                 f'{len(self.in_channels)} (in_channels={self.in_channels})')
         levels = [inputs[i] for i in self.in_index]
-        size = max((lvl.shape[2:] for lvl in levels), key=lambda s: s[0] * s[1])
+        size = max((lvl.shape[2:] for lvl in levels),
+                   key=lambda s: s[0] * s[1])
         fused = 0
         for proj, lvl in zip(self.level_projs, levels):
             fused = fused + resize(
@@ -244,13 +245,15 @@ class PrototypeBank(BaseModule):
         emb, label = emb[valid], label[valid]
 
         protos = self.normalized_prototypes().detach().float()
-        sim = (emb @ protos.reshape(-1, dim).t()).view(-1, num_cls, num_k)
+        with torch.autocast(device_type=emb.device.type, enabled=False):
+            sim = (emb @ protos.reshape(-1, dim).t()).view(-1, num_cls, num_k)
         own = sim[torch.arange(label.numel(), device=label.device), label]
         best_sim, best_k = own.max(dim=1)
         keep = best_sim >= self.min_similarity
         slot = (label * num_k + best_k)[keep]
 
-        sums = emb.new_zeros(num_cls * num_k, dim).index_add_(0, slot, emb[keep])
+        sums = emb.new_zeros(num_cls * num_k, dim).index_add_(
+            0, slot, emb[keep])
         counts = emb.new_zeros(num_cls * num_k).index_add_(
             0, slot, emb.new_ones(slot.numel()))
         all_reduce(sums, op='sum')
