@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test demo
+.PHONY: venv test demo ablation
 
 venv: $(STAMP)
 
@@ -18,5 +18,14 @@ $(STAMP): requirements.txt pyproject.toml
 test: venv
 	$(PY) -m pytest -q tests
 
+# The main job: synthetic H&E data (generated when absent) -> stage 1 ->
+# pseudo-masks -> stage 2 -> test, printing the results table.
 demo: venv
-	$(PY) tools/demo.py
+	$(PY) tools/run_pipeline.py --preset demo \
+		--data-root data/synthetic_histo --work-dir work_dirs/demo
+
+# The four ablation variants on the same data and pseudo-masks.
+ablation: venv
+	$(PY) tools/run_pipeline.py --preset demo \
+		--data-root data/synthetic_histo --work-dir work_dirs/ablation \
+		--variants no_prototypes prototypes_no_contrastive full fully_supervised

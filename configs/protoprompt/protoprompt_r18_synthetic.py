@@ -1,7 +1,8 @@
 # Stage 2, full model, on the synthetic H&E data: ResNet-18 + momentum
 # PrototypeBank + PromptFusionHead trained on stage-1 pseudo-masks with CE,
 # prototype-contrastive and region-consistency losses.
-# Pseudo-masks: tools/generate_pseudo_masks.py ... --out <data_root>/pseudo_masks
+# Pseudo-masks: tools/generate_pseudo_masks.py ... \
+#     --out <data_root>/pseudo_masks
 # (or point train_dataloader.dataset.pseudo_mask_dir elsewhere).
 _base_ = [
     '../_base_/models/protoprompt_r18.py',
@@ -10,4 +11,4 @@ _base_ = [
     '../_base_/schedules/schedule_short.py',
 ]
 train_dataloader = _base_.train_dataloader_pseudo
-train_cfg = dict(max_iters=400, val_interval=200)
+train_cfg = dict(max_iters=200, val_interval=200)

@@ -53,16 +53,20 @@ def heatmap_overlay(image: np.ndarray,
 
 def make_panel(tiles: Sequence[np.ndarray],
                titles: Sequence[str],
-               title_height: int = 18) -> np.ndarray:
+               title_height: int = 18,
+               min_tile_width: int = 128) -> np.ndarray:
     """Put equally sized RGB tiles side by side with a title above each.
 
     Args:
         tiles: RGB images (H, W, 3), all the same size.
         titles: One title per tile.
         title_height: Pixels of the title strip.
+        min_tile_width: Narrower tiles are enlarged (nearest neighbour, by
+            an integer factor) so titles stay legible.
 
     Returns:
-        np.ndarray: RGB panel (H + title_height, W * len(tiles), 3).
+        np.ndarray: RGB panel (s * H + title_height, s * W * len(tiles), 3),
+        with s the enlargement factor.
     """
     if len(tiles) != len(titles):
         raise ValueError(f'make_panel: {len(tiles)} tiles but '
@@ -71,6 +75,13 @@ def make_panel(tiles: Sequence[np.ndarray],
     if len(shapes) != 1:
         raise ValueError(f'make_panel: tiles differ in shape: {shapes}')
     height, width = tiles[0].shape[:2]
+    factor = -(-min_tile_width // width)
+    if factor > 1:
+        tiles = [
+            cv2.resize(tile, (width * factor, height * factor),
+                       interpolation=cv2.INTER_NEAREST) for tile in tiles
+        ]
+        height, width = height * factor, width * factor
     columns = []
     for tile, title in zip(tiles, titles):
         strip = np.full((title_height, width, 3), 255, dtype=np.uint8)
