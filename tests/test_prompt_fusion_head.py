@@ -64,7 +64,8 @@ def test_eval_forward_returns_plain_tensor():
     assert type(out) is torch.Tensor
     assert out.shape == (2, NUM_CLASSES, 8, 8)
     pred = head.predict(make_inputs(), [dict(img_shape=(32, 32))], None)
-    assert type(pred) is torch.Tensor and pred.shape == (2, NUM_CLASSES, 32, 32)
+    assert type(pred) is torch.Tensor
+    assert pred.shape == (2, NUM_CLASSES, 32, 32)
 
 
 def test_needs_prototype_bank_output():

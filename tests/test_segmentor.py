@@ -1,4 +1,4 @@
-"""Whole-model steps: train_step / val_step, momentum updates, stock configs."""
+"""Whole-model steps: train/val steps, momentum updates, stock configs."""
 import copy
 
 import torch

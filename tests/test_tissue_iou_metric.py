@@ -1,4 +1,4 @@
-"""TissueIoUMetric: per-class IoU values next to mIoU, ignore pixels skipped."""
+"""TissueIoUMetric: per-class IoU next to mIoU, ignored pixels skipped."""
 import pytest
 import torch
 from mmengine.structures import PixelData

@@ -14,7 +14,8 @@ class FiniteLossMixin:
     """
 
     def parse_losses(
-            self, losses: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, Tensor]]:
+        self, losses: Dict[str, Tensor]
+    ) -> Tuple[Tensor, Dict[str, Tensor]]:
         loss, log_vars = super().parse_losses(losses)
         if not torch.isfinite(loss):
             bad = sorted(
