@@ -1,12 +1,11 @@
 """Test a checkpoint with mmengine's Runner (mmseg's ``tools/test.py`` CLI)."""
 import argparse
 import os
-import os.path as osp
 
 from mmengine.config import DictAction
 from mmengine.runner import Runner
 
-from protoprompt_mm.utils import load_config
+from protoprompt_mm.utils import load_runner_config
 
 
 def parse_args() -> argparse.Namespace:
@@ -55,13 +54,8 @@ def enable_visualization(cfg, args: argparse.Namespace) -> None:
 
 def main() -> None:
     args = parse_args()
-    cfg = load_config(args.config, args.cfg_options)
-    cfg.launcher = args.launcher
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs',
-                                osp.splitext(osp.basename(args.config))[0])
+    cfg = load_runner_config(args.config, args.cfg_options, args.launcher,
+                             args.work_dir)
     cfg.load_from = args.checkpoint
     if args.show or args.show_dir:
         enable_visualization(cfg, args)

@@ -5,7 +5,6 @@ Same command line as mmseg's ``tools/train.py``.
 import argparse
 import logging
 import os
-import os.path as osp
 
 import torch
 from mmengine.config import DictAction
@@ -13,7 +12,7 @@ from mmengine.logging import print_log
 from mmengine.runner import Runner
 
 from mmseg.registry import RUNNERS
-from protoprompt_mm.utils import init_cpu_process_group, load_config
+from protoprompt_mm.utils import init_cpu_process_group, load_runner_config
 
 
 def parse_args() -> argparse.Namespace:
@@ -62,13 +61,8 @@ def enable_amp(cfg) -> None:
 
 def main() -> None:
     args = parse_args()
-    cfg = load_config(args.config, args.cfg_options)
-    cfg.launcher = args.launcher
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs',
-                                osp.splitext(osp.basename(args.config))[0])
+    cfg = load_runner_config(args.config, args.cfg_options, args.launcher,
+                             args.work_dir)
     if args.amp:
         enable_amp(cfg)
     cfg.resume = args.resume
