@@ -180,18 +180,23 @@ class PrototypeBank(BaseModule):
                 align_corners=self.align_corners)
         return F.normalize(self.embed_proj(fused), dim=1)
 
-    def similarity(self, embedding: Tensor) -> Tensor:
+    def similarity(self,
+                   embedding: Tensor,
+                   prototypes: Optional[Tensor] = None) -> Tensor:
         """Similarity of each pixel to every sub-prototype.
 
         Args:
             embedding: Normalised embeddings (B, D, h, w).
+            prototypes: Normalised prototypes (N, K, D), when the caller
+                already has them; else :meth:`normalized_prototypes`.
 
         Returns:
             Tensor: Cosine similarities (B, N, K, h, w).
         """
-        protos = self.normalized_prototypes()
-        sim = torch.einsum('bdhw,nkd->bnkhw', embedding, protos.to(embedding))
-        return sim
+        if prototypes is None:
+            prototypes = self.normalized_prototypes()
+        return torch.einsum('bdhw,nkd->bnkhw', embedding,
+                            prototypes.to(embedding))
 
     def forward(self, inputs: Sequence[Tensor]) -> PromptedFeatures:
         """Embed the features and compute the prototype prompts.
@@ -205,9 +210,9 @@ class PrototypeBank(BaseModule):
             over the K sub-prototypes) and prototypes (N, K, D).
         """
         embedding = self.embed(inputs)
-        similarity = self.similarity(embedding).amax(dim=2)
-        return PromptedFeatures(inputs, embedding, similarity,
-                                self.normalized_prototypes())
+        prototypes = self.normalized_prototypes()
+        similarity = self.similarity(embedding, prototypes).amax(dim=2)
+        return PromptedFeatures(inputs, embedding, similarity, prototypes)
 
     @torch.no_grad()
     def momentum_update(self,
