@@ -93,3 +93,32 @@ def test_missing_real_dataset_is_an_error(tmp_path):
     ], cwd=REPO_ROOT, capture_output=True, text=True)
     assert proc.returncode == 1
     assert 'does not exist' in proc.stderr and 'nope' in proc.stderr
+
+
+def test_pseudo_mask_args_reach_the_generator(pipeline_run, tmp_path):
+    data_root, _, _ = pipeline_run
+    work_dir = tmp_path / 'work'
+    proc = run_pipeline(data_root, work_dir, '--variants', 'full',
+                        '--num-visualize', '0', '--pseudo-mask-args',
+                        '--scales 1.0 --no-flip --bg-thresh 0.05')
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(work_dir / '.steps' / 'pseudo_masks.json') as f:
+        cmd = json.load(f)['cmd']
+    assert cmd[cmd.index('--scales'):cmd.index('--cfg-options')] == [
+        '--scales', '1.0', '--no-flip', '--bg-thresh', '0.05'
+    ]
+    with open(work_dir / 'pseudo_masks' / 'pseudo_mask_metrics.json') as f:
+        metrics = json.load(f)
+    assert metrics['scales'] == [1.0] and metrics['flip'] is False
+    assert metrics['bg_thresh'] == 0.05
+
+    # New pseudo-masks: stage 1 is reused, stage 2 must not be.
+    proc = run_pipeline(data_root, work_dir, '--variants', 'full',
+                        '--num-visualize', '0', '--pseudo-mask-args',
+                        '--scales 1.0 --no-flip --bg-thresh 0.06')
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    reused = {
+        line.split(':')[0].split()[-1]
+        for line in proc.stdout.splitlines() if 'reusing' in line
+    }
+    assert reused == {'stage1_train', 'stage1_test'}

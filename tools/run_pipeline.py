@@ -9,9 +9,10 @@ training -> stage-1 test (CAM mIoU) -> pseudo-masks of the training split
 (and their mIoU where ground truth exists) -> per variant: stage-2 training
 on the pseudo-masks, starting from the stage-1 weights, and test -> overlay
 pictures -> ``W/results.json`` and ``W/results.md``. A step that finished
-before with the same command is reused (its marker
-``W/.steps/<name>.json`` records the command); a failed step stops the run
-with the step named.
+before with the same command, after the same runs of the steps it depends
+on, is reused (its marker ``W/.steps/<name>.json`` records both); a step
+that re-runs makes the steps that use its output re-run too. A failed step
+stops the run with the step named.
 """
 import argparse
 import glob
@@ -19,11 +20,13 @@ import json
 import math
 import os
 import os.path as osp
+import shlex
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG_DIR = osp.join('configs', 'protoprompt')
@@ -108,6 +111,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help='extra --cfg-options for stage 1 (k=v ...)')
     parser.add_argument('--stage2-options', nargs='*', default=[],
                         help='extra --cfg-options for every stage-2 variant')
+    parser.add_argument(
+        '--pseudo-mask-args', default='',
+        help='extra arguments of generate_pseudo_masks.py, one string, e.g. '
+        '"--scales 1.0 --no-flip --bg-thresh 0.05 --fg-thresh 0.05"')
     parser.add_argument('--synthetic', nargs='*', default=[],
                         help='generator settings when data is generated, '
                         'e.g. num_train=200 size=160')
@@ -128,16 +135,34 @@ class Pipeline:
         os.makedirs(self.marker_dir, exist_ok=True)
 
     # ------------------------------------------------------------ running
-    def run_step(self, name: str, cmd: List[str],
-                 outputs: List[str]) -> None:
-        """Run ``cmd`` unless an earlier identical run left its outputs."""
+    def read_marker(self, name: str) -> dict:
         marker = osp.join(self.marker_dir, f'{name}.json')
-        if osp.isfile(marker) and all(osp.exists(p) for p in outputs):
-            with open(marker) as f:
-                if json.load(f).get('cmd') == cmd:
-                    print(f'[pipeline] {name}: reusing {outputs[0]}',
-                          flush=True)
-                    return
+        if not osp.isfile(marker):
+            return {}
+        with open(marker) as f:
+            return json.load(f)
+
+    def run_step(self,
+                 name: str,
+                 cmd: List[str],
+                 outputs: List[str],
+                 after: Sequence[str] = ()) -> None:
+        """Run ``cmd`` unless an earlier identical run left its outputs.
+
+        Args:
+            name: Step name (marker ``W/.steps/<name>.json``).
+            cmd: The command.
+            outputs: Paths the step must write.
+            after: Steps whose outputs this one reads: it is reused only if
+                they are the same runs as when it last ran.
+        """
+        upstream = {step: self.read_marker(step).get('run') for step in after}
+        marker = self.read_marker(name)
+        if marker.get('cmd') == cmd and marker.get(
+                'upstream') == upstream and all(
+                    osp.exists(p) for p in outputs):
+            print(f'[pipeline] {name}: reusing {outputs[0]}', flush=True)
+            return
         print(f'[pipeline] {name}: {" ".join(cmd)}', flush=True)
         start = time.time()
         env = dict(os.environ)
@@ -152,9 +177,13 @@ class Pipeline:
         if missing:
             raise PipelineError(
                 f'step "{name}" finished but did not write {missing}')
-        with open(marker, 'w') as f:
-            json.dump(dict(cmd=cmd, seconds=round(time.time() - start, 1)),
-                      f)
+        with open(osp.join(self.marker_dir, f'{name}.json'), 'w') as f:
+            json.dump(
+                dict(
+                    cmd=cmd,
+                    upstream=upstream,
+                    run=uuid.uuid4().hex,
+                    seconds=round(time.time() - start, 1)), f)
 
     def tool(self, script: str, *args: str) -> List[str]:
         return [sys.executable, osp.join(REPO_ROOT, 'tools', script), *args]
@@ -186,13 +215,17 @@ class Pipeline:
             cmd += [f'--{key.replace("_", "-")}', str(value)]
         self.run_step('data', cmd, [osp.join(self.data_root, 'training')])
 
-    def train(self, name: str, config: str, options: List[str]) -> str:
+    def train(self,
+              name: str,
+              config: str,
+              options: List[str],
+              after: Sequence[str] = ('data', )) -> str:
         work = osp.join(self.work_dir, name)
         cmd = self.tool('train.py', config, '--work-dir', work,
                         '--cfg-options', f'randomness.seed={self.args.seed}',
                         *options)
         self.run_step(f'{name}_train', cmd,
-                      [osp.join(work, 'last_checkpoint')])
+                      [osp.join(work, 'last_checkpoint')], after)
         with open(osp.join(work, 'last_checkpoint')) as f:
             return f.read().strip()
 
@@ -201,15 +234,17 @@ class Pipeline:
         work = osp.join(self.work_dir, name, 'test')
         cmd = self.tool('test.py', config, checkpoint, '--work-dir', work,
                         '--cfg-options', *options)
-        self.run_step(f'{name}_test', cmd, [work])
+        self.run_step(f'{name}_test', cmd, [work], [f'{name}_train'])
         return read_test_metrics(work)
 
     def pseudo_masks(self, config: str, checkpoint: str,
                      options: List[str]) -> Optional[float]:
         out = osp.join(self.work_dir, 'pseudo_masks')
         cmd = self.tool('generate_pseudo_masks.py', config, checkpoint,
-                        '--out', out, '--force', '--cfg-options', *options)
-        self.run_step('pseudo_masks', cmd, [out])
+                        '--out', out, '--force',
+                        *shlex.split(self.args.pseudo_mask_args),
+                        '--cfg-options', *options)
+        self.run_step('pseudo_masks', cmd, [out], ['stage1_train'])
         metrics_file = osp.join(out, 'pseudo_mask_metrics.json')
         if not osp.isfile(metrics_file):
             return None
@@ -221,10 +256,12 @@ class Pipeline:
         out = osp.join(self.work_dir, name, 'vis')
         cmd = self.tool('visualize.py', config, checkpoint, '--out', out,
                         '--num', str(self.args.num_visualize))
+        after = [f'{name}_train']
         if stage1 is not None:
             cmd += ['--cam-config', stage1[0], '--cam-checkpoint', stage1[1]]
+            after.append('stage1_train')
         cmd += ['--cfg-options', *options]
-        self.run_step(f'{name}_visualize', cmd, [out])
+        self.run_step(f'{name}_visualize', cmd, [out], after)
 
     def variant_config(self, variant: str) -> str:
         if variant in self.preset.variants:
@@ -269,7 +306,11 @@ class Pipeline:
             options = self.stage2_options(variant)
             # Stage 2 starts from the stage-1 weights (backbone, and the
             # PrototypeBank with its learned prototypes where both have one).
-            ckpt = self.train(name, config, options + [f'load_from={ckpt1}'])
+            ckpt = self.train(
+                name,
+                config,
+                options + [f'load_from={ckpt1}'],
+                after=('data', 'stage1_train', 'pseudo_masks'))
             metrics = self.test(name, config, ckpt, options)
             results['test_miou'][name] = fraction(metrics['mIoU'])
             results['test_iou'][name] = {
