@@ -11,12 +11,8 @@ _base_ = [
     '../_base_/default_runtime.py',
     '../_base_/schedules/schedule_short.py',
 ]
-model = dict(test_cfg=dict(mode='whole', cls_thresh=0.5, use_gt_labels=False))
 # ~3 min on 2 CPU cores at 224 x 224, batch 8.
 train_cfg = dict(max_iters=300, val_interval=150)
 default_hooks = dict(checkpoint=dict(interval=300))
 # val_evaluator / test_evaluator: the dataset base's mIoU (TissueIoUMetric,
 # per-class IoU included) of the CAMs; GT background is 255, so ignored.
-# CAM thresholds of tools/generate_pseudo_masks.py: max CAM < bg_thresh ->
-# background (4), bg_thresh..fg_thresh -> ignore (255), else the class.
-pseudo_label_cfg = dict(bg_thresh=0.1, fg_thresh=0.25)

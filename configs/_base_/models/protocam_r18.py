@@ -3,7 +3,7 @@
 # embeddings (stages 2-4 fused, stride 8) to the closest of its sub-prototypes;
 # the prototypes are learned through the image-level BCE loss.
 _base_ = './cam_r18.py'
-norm_cfg = dict(type='BN', requires_grad=True)
+norm_cfg = _base_.norm_cfg
 num_classes = 4
 model = dict(
     neck=dict(

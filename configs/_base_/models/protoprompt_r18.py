@@ -1,32 +1,11 @@
 # Stage-2 segmentor: ResNet-18 (CPU-sized) + PrototypeBank + PromptFusionHead.
-norm_cfg = dict(type='BN', requires_grad=True)
+_base_ = './resnet18_v1c.py'
+norm_cfg = _base_.norm_cfg
 num_classes = 4
 embed_dim = 128
 num_prototypes = 4
-data_preprocessor = dict(
-    type='SegDataPreProcessor',
-    mean=[123.675, 116.28, 103.53],
-    std=[58.395, 57.12, 57.375],
-    bgr_to_rgb=True,
-    pad_val=0,
-    seg_pad_val=255,
-    size_divisor=32)
 model = dict(
     type='ProtoPromptSegmentor',
-    data_preprocessor=data_preprocessor,
-    # Pretrained weights only from a local path, e.g.
-    # init_cfg=dict(type='Pretrained', checkpoint='/path/resnet18.pth')
-    backbone=dict(
-        type='ResNetV1c',
-        depth=18,
-        num_stages=4,
-        out_indices=(0, 1, 2, 3),
-        dilations=(1, 1, 1, 1),
-        strides=(1, 2, 2, 2),
-        norm_cfg=norm_cfg,
-        norm_eval=False,
-        style='pytorch',
-        contract_dilation=True),
     neck=dict(
         type='PrototypeBank',
         in_channels=[64, 128, 256, 512],
