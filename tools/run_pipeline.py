@@ -54,9 +54,13 @@ class Preset:
     stage2_options: List[str] = field(default_factory=list)
 
 
+def _full_config(dataset: str) -> str:
+    return osp.join(CONFIG_DIR, f'protoprompt_r18_{dataset}.py')
+
+
 def _ablations(dataset: str) -> Dict[str, str]:
     return {
-        'full': osp.join(CONFIG_DIR, f'protoprompt_r18_{dataset}.py'),
+        'full': _full_config(dataset),
         'no_prototypes': osp.join(ABLATION_DIR,
                                   f'no-prototypes_r18_{dataset}.py'),
         'prototypes_no_contrastive': osp.join(
@@ -64,6 +68,14 @@ def _ablations(dataset: str) -> Dict[str, str]:
         'fully_supervised': osp.join(ABLATION_DIR,
                                      f'fully-supervised_r18_{dataset}.py'),
     }
+
+
+def _real_data_preset(dataset: str, classes: List[str]) -> Preset:
+    return Preset(
+        stage1=osp.join(CONFIG_DIR, f'stage1_protocam_r18_{dataset}.py'),
+        variants={'full': _full_config(dataset)},
+        default_variants=['full'],
+        classes=classes)
 
 
 BCSS_CLASSES = ['TUM', 'STR', 'LYM', 'NEC']
@@ -74,20 +86,9 @@ PRESETS = {
         default_variants=['full'],
         classes=BCSS_CLASSES,
         synthetic=True),
-    'bcss-wsss': Preset(
-        stage1=osp.join(CONFIG_DIR, 'stage1_protocam_r18_bcss-wsss.py'),
-        variants={
-            'full': osp.join(CONFIG_DIR, 'protoprompt_r18_bcss-wsss.py')
-        },
-        default_variants=['full'],
-        classes=BCSS_CLASSES),
-    'luad-histoseg': Preset(
-        stage1=osp.join(CONFIG_DIR, 'stage1_protocam_r18_luad-histoseg.py'),
-        variants={
-            'full': osp.join(CONFIG_DIR, 'protoprompt_r18_luad-histoseg.py')
-        },
-        default_variants=['full'],
-        classes=['TE', 'NEC', 'LYM', 'TAS']),
+    'bcss-wsss': _real_data_preset('bcss-wsss', BCSS_CLASSES),
+    'luad-histoseg': _real_data_preset('luad-histoseg',
+                                       ['TE', 'NEC', 'LYM', 'TAS']),
 }
 SYNTHETIC_DEFAULTS = dict(num_train=400, num_val=60, num_test=60, size=224)
 
@@ -135,8 +136,11 @@ class Pipeline:
         os.makedirs(self.marker_dir, exist_ok=True)
 
     # ------------------------------------------------------------ running
+    def marker_path(self, name: str) -> str:
+        return osp.join(self.marker_dir, f'{name}.json')
+
     def read_marker(self, name: str) -> dict:
-        marker = osp.join(self.marker_dir, f'{name}.json')
+        marker = self.marker_path(name)
         if not osp.isfile(marker):
             return {}
         with open(marker) as f:
@@ -177,7 +181,7 @@ class Pipeline:
         if missing:
             raise PipelineError(
                 f'step "{name}" finished but did not write {missing}')
-        with open(osp.join(self.marker_dir, f'{name}.json'), 'w') as f:
+        with open(self.marker_path(name), 'w') as f:
             json.dump(
                 dict(
                     cmd=cmd,
