@@ -1,4 +1,5 @@
 """Distributed start-up on machines without a GPU."""
+import atexit
 import logging
 
 import torch
@@ -19,6 +20,10 @@ def init_cpu_process_group(launcher: str, backend: str = 'gloo') -> bool:
         backend: ``env_cfg.dist_cfg.backend`` of the config; anything but
             gloo is replaced by gloo, with a warning, as the others need GPUs.
 
+    The group is destroyed when the process exits: a rank that exits with
+    gloo's threads still running can abort ("terminate called without an
+    active exception") after its work is done.
+
     Returns:
         bool: Whether a CPU process group was started here.
     """
@@ -33,4 +38,11 @@ def init_cpu_process_group(launcher: str, backend: str = 'gloo') -> bool:
                   'gloo on this CPU-only machine.', logger='current',
                   level=logging.WARNING)
     torch_dist.init_process_group(backend='gloo')
+    atexit.register(_destroy_process_group)
     return True
+
+
+def _destroy_process_group() -> None:
+    """Shut the default group down, unless someone already did."""
+    if torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
