@@ -12,8 +12,8 @@ from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 from PIL import Image
 
-from protoprompt_mm.apis import (background_mask, infer_region, label_map,
-                                 load_segmentor, tile_starts)
+from protoprompt_mm.apis import (background_mask, infer_region,
+                                 init_segmentor, label_map, tile_starts)
 from protoprompt_mm.datasets import BCSSWSSSDataset
 from protoprompt_mm.utils import load_config
 
@@ -130,7 +130,7 @@ def test_matches_slide_inference_with_the_prompting_head(tiny_model_files):
     """256 x 256 region, 64 x 64 crops: mmseg's slide inference of the
     prompting model agrees with the tiled inference."""
     config, checkpoint, _, _ = tiny_model_files
-    model = load_segmentor(config, checkpoint)
+    model = init_segmentor(config, checkpoint)
     image = random_image(256, 256, seed=1)
     probs = infer_region(model, image, tile=64, overlap=16, batch_size=8)
 
@@ -179,7 +179,7 @@ def test_infer_region_tool_writes_mask_and_overlay(tiny_model_files,
     assert set(np.unique(labels[40:])) <= {0, 1, 2, 3}
     assert np.array_equal(
         labels[40:],
-        infer_region(load_segmentor(config, checkpoint), image, tile=64,
+        infer_region(init_segmentor(config, checkpoint), image, tile=64,
                      overlap=16).argmax(0).numpy()[40:])
     colours = np.asarray(mask.getpalette()[:15]).reshape(5, 3)
     assert colours[:4].tolist() == meta['palette']
@@ -190,10 +190,25 @@ def test_infer_region_tool_writes_mask_and_overlay(tiny_model_files,
 
 def test_palette_falls_back_to_the_config_dataset(tiny_model_files):
     config, _, checkpoint, _ = tiny_model_files
-    model = load_segmentor(config, checkpoint)
+    model = init_segmentor(config, checkpoint)
     assert model.dataset_meta['palette'] == \
         BCSSWSSSDataset.METAINFO['palette']
     assert not model.training
+
+
+def test_init_segmentor_loads_local_files_strictly(tiny_model_files,
+                                                  tmp_path):
+    config, checkpoint, _, meta = tiny_model_files
+    assert init_segmentor(config, checkpoint).dataset_meta == meta
+    missing = str(tmp_path / 'missing.pth')
+    with pytest.raises(FileNotFoundError, match='missing.pth'):
+        init_segmentor(config, missing)
+    state = torch.load(checkpoint, weights_only=False)['state_dict']
+    partial = str(tmp_path / 'partial.pth')
+    torch.save(dict(state_dict=dict(list(state.items())[1:])), partial)
+    with pytest.raises(RuntimeError, match='missing keys'):
+        init_segmentor(config, partial)
+    assert not init_segmentor(config, partial, strict=False).training
 
 
 def test_label_map_is_a_banded_uint8_argmax():

@@ -29,7 +29,7 @@ import numpy as np
 from mmengine.config import DictAction
 
 from protoprompt_mm.apis import (CANVAS_DTYPES, background_mask, infer_region,
-                                 label_map, load_segmentor)
+                                 init_segmentor, label_map)
 from protoprompt_mm.datasets.synthetic_histo import save_palette_mask
 from protoprompt_mm.visualization import colorize_labels
 from protoprompt_mm.visualization.overlays import BACKGROUND_COLOR
@@ -79,8 +79,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     image = mmcv.imread(args.image)  # BGR, like LoadImageFromFile
     if image is None:
         raise FileNotFoundError(f'{args.image}: not a readable image')
-    model = load_segmentor(args.config, args.checkpoint, args.device,
+    model = init_segmentor(args.config, args.checkpoint, args.device,
                            args.cfg_options)
+    if model.dataset_meta is None:
+        raise KeyError(
+            f"{args.checkpoint}: no meta['dataset_meta'] and {args.config}: "
+            'no test_dataloader.dataset / val_dataloader.dataset with '
+            'classes and a palette; cannot colour the classes')
     start = time.perf_counter()
     probs = infer_region(
         model,

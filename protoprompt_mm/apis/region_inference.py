@@ -20,84 +20,16 @@ are not stored: the windows are separable, so their sum is the outer
 product of a row and a column sum, formed one band of rows at a time for
 the final division.
 """
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 import cv2
 import numpy as np
 import torch
-from mmengine.config import Config
-from mmengine.registry import init_default_scope
-from mmengine.runner import load_checkpoint
 from mmengine.utils import ProgressBar
-from mmseg.registry import DATASETS, MODELS
 from mmseg.structures import SegDataSample
 from torch import Tensor, nn
 
-from ..utils import load_config
-
 CANVAS_DTYPES = {'float32': torch.float32, 'float16': torch.float16}
-
-
-def config_dataset_meta(cfg: Config) -> Optional[dict]:
-    """``classes`` / ``palette`` of the config's test (or val) dataset.
-
-    The dataset class's ``METAINFO`` updated by the dataset config's
-    ``metainfo``; no file is read.
-
-    Args:
-        cfg: A full mmseg config.
-
-    Returns:
-        dict or None: The metainfo, or None when the config names no dataset
-        with classes and a palette.
-    """
-    for loader in ('test_dataloader', 'val_dataloader'):
-        dataset = (cfg.get(loader) or {}).get('dataset') or {}
-        if 'type' not in dataset:
-            continue
-        meta = dict(getattr(DATASETS.get(dataset['type']), 'METAINFO', {}))
-        meta.update(dataset.get('metainfo') or {})
-        if meta.get('classes') and meta.get('palette'):
-            return meta
-    return None
-
-
-def load_segmentor(config: str,
-                   checkpoint: str,
-                   device: str = 'cpu',
-                   cfg_options: Optional[dict] = None) -> nn.Module:
-    """Build a segmentor from its config, load a checkpoint, eval mode.
-
-    ``model.dataset_meta`` (``classes``, ``palette``) comes from the
-    checkpoint's ``meta['dataset_meta']`` (written by mmengine's Runner),
-    else from the config's test / val dataset.
-
-    Args:
-        config: Config file.
-        checkpoint: Checkpoint file.
-        device: Device of the model.
-        cfg_options: ``--cfg-options`` style overrides.
-
-    Returns:
-        nn.Module: The segmentor in eval mode, with ``dataset_meta``.
-
-    Raises:
-        KeyError: If neither the checkpoint nor the config give the classes
-            and palette.
-    """
-    cfg = load_config(config, cfg_options)
-    init_default_scope(cfg.get('default_scope', 'mmseg'))
-    model = MODELS.build(cfg.model)
-    ckpt = load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
-    meta = (ckpt.get('meta') or {}).get('dataset_meta') \
-        or config_dataset_meta(cfg)
-    if not meta:
-        raise KeyError(
-            f"{checkpoint}: no meta['dataset_meta'] and {config}: no "
-            'test_dataloader.dataset / val_dataloader.dataset with classes '
-            'and a palette; cannot colour the classes')
-    model.dataset_meta = meta
-    return model.to(device).eval()
 
 
 def tile_starts(length: int, tile: int, stride: int) -> List[int]:
@@ -217,7 +149,7 @@ def infer_region(model: nn.Module,
 
     Args:
         model: An mmseg segmentor in eval mode (``data_preprocessor`` and
-            ``encode_decode``), e.g. from :func:`load_segmentor`.
+            ``encode_decode``), e.g. from :func:`init_segmentor`.
         image: uint8 image (H, W, 3) in the channel order of the training
             images as loaded by ``LoadImageFromFile`` (BGR).
         tile: Tile side.

@@ -23,11 +23,11 @@ from mmengine.dataset import BaseDataset, pseudo_collate
 from mmengine.dist import broadcast, get_rank
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
-from mmengine.runner import load_checkpoint
-from mmseg.registry import DATASETS, MODELS
+from mmseg.registry import DATASETS
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from ..apis.model_loading import init_segmentor
 from ..models.necks.prototype_bank import PrototypeBank
 from ..models.utils import cosine_kmeans, stack_img_labels
 
@@ -462,36 +462,19 @@ def build_prototype_bank(model: nn.Module,
 
 def build_frozen_model(cfg: Config,
                        checkpoint: Optional[str] = None) -> nn.Module:
-    """Build ``cfg.model``, load a local checkpoint and freeze it.
-
-    With ``checkpoint``, every weight comes from it (strict loading);
-    without, ``init_weights`` initialises the model (local pretrained paths
-    and ``init_prototypes`` of the config apply). Nothing is downloaded.
+    """:func:`~protoprompt_mm.apis.init_segmentor` on the CPU, frozen.
 
     Args:
         cfg: A full config with a ``model`` key.
-        checkpoint: Optional local ``.pth`` file (loaded strictly).
+        checkpoint: Optional local ``.pth`` file (loaded strictly); without,
+            ``init_weights`` initialises the model.
 
     Returns:
         nn.Module: The model on the CPU, in eval mode, without gradients.
-
-    Raises:
-        KeyError: If ``cfg`` has no ``model``.
-        FileNotFoundError: If ``checkpoint`` is not an existing file.
     """
-    if 'model' not in cfg:
-        raise KeyError(f'{cfg.filename}: the config has no `model` key')
-    if checkpoint is not None and not osp.isfile(checkpoint):
-        raise FileNotFoundError(
-            f'checkpoint {checkpoint} is not a local file (nothing is '
-            'downloaded)')
-    model = MODELS.build(cfg.model)
-    if checkpoint is None:
-        model.init_weights()
-    else:
-        load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
+    model = init_segmentor(cfg, checkpoint)
     model.requires_grad_(False)
-    return model.eval()
+    return model
 
 
 def build_prototype_record(model: nn.Module,
