@@ -194,6 +194,22 @@ def test_builder_pixel_fallback_and_missing_class(caplog):
                              NUM_CLASSES, K)
 
 
+def test_builder_falls_back_to_multi_label_images(caplog):
+    model = MODELS.build(tiny_model_cfg())
+    eye = np.eye(NUM_CLASSES, dtype=int)
+    # Class 3 never appears alone: its prototypes come from the images
+    # that include it.
+    labels = [eye[c] for c in range(3) for _ in range(K)]
+    labels += [[1, 0, 0, 1]] * K + [[0, 1, 0, 0]]
+    colours = [COLOURS[c] for c in range(3) for _ in range(K)]
+    colours += [COLOURS[3]] * K + [COLOURS[1]]
+    protos = build_prototype_bank(model, in_memory_loader(labels, colours),
+                                  NUM_CLASSES, K)
+    assert protos.shape == (NUM_CLASSES, K, D)
+    assert torch.isfinite(protos).all()
+    assert 'class 3 (class_3): no single-label image' in caplog.text
+
+
 def test_builder_encoder_embed_dim_must_match():
     model = MODELS.build(tiny_model_cfg())
     encoder = MODELS.build(tiny_model_cfg(embed_dim=D * 2))
@@ -265,7 +281,7 @@ def test_hook_without_prototype_bank_raises(data_root, tmp_path):
     cfg = runner_cfg(data_root, str(tmp_path / 'work'), 1)
     cfg.model.pop('neck')
     cfg.model.decode_head.in_index = 3
-    with pytest.raises(TypeError, match='has no PrototypeBank neck'):
+    with pytest.raises(TypeError, match='holds no prototypes'):
         Runner.from_cfg(cfg).train()
 
 

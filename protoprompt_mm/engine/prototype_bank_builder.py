@@ -1,10 +1,12 @@
-"""Initial prototypes of a PrototypeBank from an image bank.
+"""Initial prototypes of a PrototypeBank (or prototype CAM head) from images.
 
 The logic shared by ``PrototypeInitHook`` and
 ``tools/build_prototype_bank.py``. The image bank (by default the training
 dataset, re-read with a test-style pipeline) is reduced to single-label
 images, at most ``max_images_per_class`` per class; each image is embedded
-by a backbone and a :class:`PrototypeBank`'s ``embed``; the per-image
+by a backbone and the ``embed`` of the module that holds the prototypes
+(:func:`find_prototype_bank`: a :class:`PrototypeBank` neck or a
+``MultiLevelPrototypeCAMHead``); the per-image
 vectors of each class are clustered by :func:`cosine_kmeans` into K
 prototypes.
 """
@@ -42,26 +44,37 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     return model.module if is_model_wrapper(model) else model
 
 
-def find_prototype_bank(model: nn.Module) -> PrototypeBank:
-    """The :class:`PrototypeBank` neck of a (possibly wrapped) segmentor.
+def find_prototype_bank(model: nn.Module) -> nn.Module:
+    """The module of a (possibly wrapped) segmentor that holds prototypes.
+
+    That is a :class:`PrototypeBank` neck, or else a decode head with
+    prototypes of its own (``MultiLevelPrototypeCAMHead``). Either offers
+    ``num_classes``, ``num_prototypes``, ``embed_dim`` (D),
+    ``init_prototypes``, ``prototypes`` (N, K, D), ``embed(backbone
+    levels) -> (B, D, h, w)`` and ``load_prototypes``.
 
     Args:
         model: A segmentor, optionally wrapped (DDP, ...).
 
     Returns:
-        PrototypeBank: ``model.neck``.
+        nn.Module: ``model.neck`` or ``model.decode_head``.
 
     Raises:
-        TypeError: If the model's neck is not a ``PrototypeBank``.
+        TypeError: If neither holds prototypes.
     """
     model = unwrap_model(model)
     neck = getattr(model, 'neck', None)
-    if not isinstance(neck, PrototypeBank):
-        raise TypeError(
-            f'{type(model).__name__} has no PrototypeBank neck (model.neck is '
-            f'{type(neck).__name__}); prototype initialisation needs '
-            "neck=dict(type='PrototypeBank', ...) in the model config")
-    return neck
+    if isinstance(neck, PrototypeBank):
+        return neck
+    head = getattr(model, 'decode_head', None)
+    if all(hasattr(head, name) for name in ('embed', 'load_prototypes',
+                                            'prototypes')):
+        return head
+    raise TypeError(
+        f'{type(model).__name__} holds no prototypes (model.neck is '
+        f'{type(neck).__name__}, model.decode_head {type(head).__name__}); '
+        "prototype initialisation needs neck=dict(type='PrototypeBank', ...) "
+        "or decode_head=dict(type='MultiLevelPrototypeCAMHead', ...)")
 
 
 def single_label_classes(labels: Tensor) -> Tensor:
@@ -145,9 +158,12 @@ def _select_single_label(dataset: BaseDataset, num_classes: int,
                          max_images_per_class: int) -> BaseDataset:
     """Keep the first ``max_images_per_class`` single-label images per class.
 
-    Only possible when every data info carries ``img_labels``; otherwise the
-    labels are known only after the pipeline and the dataset is returned
-    unchanged (:func:`build_prototype_bank` filters batches as well).
+    A class without any single-label image keeps, instead, the first
+    ``max_images_per_class`` images whose labels include it (the fallback of
+    :func:`build_prototype_bank`). Only possible when every data info
+    carries ``img_labels``; otherwise the labels are known only after the
+    pipeline and the dataset is returned unchanged (:func:`build_prototype_bank`
+    filters batches as well).
 
     Args:
         dataset: A built mmengine dataset.
@@ -168,15 +184,19 @@ def _select_single_label(dataset: BaseDataset, num_classes: int,
             raise ValueError(
                 f"{info.get('img_path')}: img_labels must have shape "
                 f"({num_classes},), got {np.shape(info['img_labels'])}")
-    classes = single_label_classes(
-        torch.as_tensor(np.stack([info['img_labels'] for info in infos])))
+    labels = torch.as_tensor(np.stack([info['img_labels'] for info in infos]))
+    classes = single_label_classes(labels)
     counts = [0] * num_classes
-    keep = []
+    keep = set()
     for index, cls in enumerate(classes.tolist()):
         if cls >= 0 and counts[cls] < max_images_per_class:
-            keep.append(index)
+            keep.add(index)
             counts[cls] += 1
-    return dataset.get_subset(keep)
+    for cls in range(num_classes):
+        if counts[cls] == 0:
+            with_cls = (labels[:, cls] > 0).nonzero()[:, 0]
+            keep.update(with_cls[:max_images_per_class].tolist())
+    return dataset.get_subset(sorted(keep))
 
 
 def build_image_bank_dataloader(image_bank: Optional[dict],
@@ -281,13 +301,13 @@ def _tissue_weights(images: Sequence[Tensor], padded_hw: torch.Size,
     return weights
 
 
-def _embed_batch(embedder: nn.Module, bank: PrototypeBank, data: dict,
+def _embed_batch(embedder: nn.Module, bank: nn.Module, data: dict,
                  tissue_threshold: float) -> Tuple[Tensor, Tensor]:
     """Embed a batch with ``embedder``'s backbone and ``bank.embed``.
 
     Args:
         embedder: Segmentor with ``data_preprocessor`` and ``backbone``.
-        bank: Its PrototypeBank.
+        bank: Its prototype module (:func:`find_prototype_bank`).
         data: Collated batch (``inputs``: raw images, ``data_samples``).
         tissue_threshold: See :func:`_tissue_weights`.
 
@@ -303,16 +323,43 @@ def _embed_batch(embedder: nn.Module, bank: PrototypeBank, data: dict,
     return embedding, weights
 
 
+class ClassFeatures:
+    """Per class, image vectors and some tissue-pixel embeddings.
+
+    Args:
+        num_classes: N.
+    """
+
+    def __init__(self, num_classes: int) -> None:
+        self.image_vecs: List[List[Tensor]] = [[] for _ in range(num_classes)]
+        self.pixel_feats: List[List[Tensor]] = [
+            [] for _ in range(num_classes)
+        ]
+
+    def count(self, cls: int) -> int:
+        return len(self.image_vecs[cls])
+
+    def add(self, cls: int, vec: Tensor, pixels: Tensor,
+            num_prototypes: int) -> None:
+        """Add an image vector (D,); its pixels (P, D) for the first K - 1."""
+        if self.count(cls) < num_prototypes - 1:
+            self.pixel_feats[cls].append(pixels.cpu())
+        self.image_vecs[cls].append(vec.cpu())
+
+
 def _collect_class_features(
-        embedder: nn.Module, bank: PrototypeBank, dataloader: DataLoader,
+        embedder: nn.Module, bank: nn.Module, dataloader: DataLoader,
         num_classes: int, num_prototypes: int, max_images_per_class: int,
-        tissue_threshold: float) -> Tuple[List[List[Tensor]],
-                                          List[List[Tensor]]]:
+        tissue_threshold: float) -> Tuple[ClassFeatures, ClassFeatures]:
     """Embed single-label images until every class has enough.
+
+    Multi-label images are embedded too, for every class they include that
+    has fewer than ``max_images_per_class`` of them: the fallback of a class
+    without a single-label image.
 
     Args:
         embedder: Segmentor that embeds (eval mode, no grad).
-        bank: Its PrototypeBank.
+        bank: Its prototype module (:func:`find_prototype_bank`).
         dataloader: Image-bank batches.
         num_classes: N.
         num_prototypes: K.
@@ -320,22 +367,28 @@ def _collect_class_features(
         tissue_threshold: See :func:`_tissue_weights`.
 
     Returns:
-        tuple[list, list]: Per class, the image vectors (each (D,)) and the
-        tissue-pixel embeddings (each (P_i, D)) of its first K - 1 images,
-        all on the CPU.
+        tuple[ClassFeatures, ClassFeatures]: Of the single-label images and
+        of the multi-label images, all on the CPU.
     """
-    image_vecs: List[List[Tensor]] = [[] for _ in range(num_classes)]
-    pixel_feats: List[List[Tensor]] = [[] for _ in range(num_classes)]
+    single, shared = ClassFeatures(num_classes), ClassFeatures(num_classes)
     for data in dataloader:
-        classes = single_label_classes(
-            stack_img_labels(data['data_samples'], num_classes,
-                             torch.device('cpu'))).tolist()
-        taken = [len(vecs) for vecs in image_vecs]
-        keep = []
+        labels = stack_img_labels(data['data_samples'], num_classes,
+                                  torch.device('cpu')) > 0
+        classes = single_label_classes(labels).tolist()
+        taken = [single.count(c) for c in range(num_classes)]
+        taken_shared = [shared.count(c) for c in range(num_classes)]
+        uses = []  # (image, class, pool)
         for i, cls in enumerate(classes):
-            if cls >= 0 and taken[cls] < max_images_per_class:
-                keep.append(i)
-                taken[cls] += 1
+            if cls >= 0:
+                if taken[cls] < max_images_per_class:
+                    uses.append((i, cls, single))
+                    taken[cls] += 1
+                continue
+            for other in labels[i].nonzero()[:, 0].tolist():
+                if taken_shared[other] < max_images_per_class:
+                    uses.append((i, other, shared))
+                    taken_shared[other] += 1
+        keep = sorted({i for i, _, _ in uses})
         if keep:
             batch = dict(
                 inputs=[data['inputs'][i] for i in keep],
@@ -344,16 +397,15 @@ def _collect_class_features(
                                               tissue_threshold)
             pooled = F.normalize(
                 torch.einsum('bdhw,bhw->bd', embedding, weights), dim=1)
-            for j, i in enumerate(keep):
-                cls = classes[i]
-                if len(image_vecs[cls]) < num_prototypes - 1:
-                    pixels = embedding[j].flatten(1).t()
-                    pixel_feats[cls].append(
-                        pixels[weights[j].flatten() > 0].cpu())
-                image_vecs[cls].append(pooled[j].cpu())
-        if min(len(vecs) for vecs in image_vecs) >= max_images_per_class:
+            for i, cls, pool in uses:
+                j = keep.index(i)
+                pixels = embedding[j].flatten(1).t()
+                pool.add(cls, pooled[j], pixels[weights[j].flatten() > 0],
+                         num_prototypes)
+        if min(single.count(c)
+               for c in range(num_classes)) >= max_images_per_class:
             break
-    return image_vecs, pixel_feats
+    return single, shared
 
 
 def build_prototype_bank(model: nn.Module,
@@ -377,9 +429,10 @@ def build_prototype_bank(model: nn.Module,
     loader order); the vectors of each class are clustered by
     :func:`cosine_kmeans` into K prototypes.
 
-    Fallback: a class with 0 < n < K single-label images is clustered from
-    the tissue-pixel embeddings of those n images instead (a warning is
-    logged); a class with none is an error.
+    Fallbacks (each logged as a warning): a class without a single-label
+    image uses the multi-label images that include it instead; a class with
+    0 < n < K images is clustered from the tissue-pixel embeddings of those
+    n images. A class that no image includes is an error.
 
     DDP: the images are embedded on rank 0 only (the dataloader is not
     sharded) and the result is broadcast, so every rank gets identical
@@ -413,8 +466,8 @@ def build_prototype_bank(model: nn.Module,
     embed_bank = find_prototype_bank(embedder)
     if embed_bank.embed_dim != bank.embed_dim:
         raise ValueError(
-            f'encoder PrototypeBank embed_dim={embed_bank.embed_dim} does not '
-            f"match the model's PrototypeBank embed_dim={bank.embed_dim}")
+            f'encoder prototype embed_dim={embed_bank.embed_dim} does not '
+            f"match the model's prototype embed_dim={bank.embed_dim}")
     prototypes = torch.zeros(num_classes, num_prototypes, bank.embed_dim)
     if get_rank() == 0:
         names = image_bank_classes(dataloader, num_classes)
@@ -422,24 +475,33 @@ def build_prototype_bank(model: nn.Module,
         embedder.eval()
         try:
             with torch.no_grad():
-                image_vecs, pixel_feats = _collect_class_features(
+                single, shared = _collect_class_features(
                     embedder, embed_bank, dataloader, num_classes,
                     num_prototypes, max_images_per_class, tissue_threshold)
         finally:
             embedder.train(was_training)
         for cls, name in enumerate(names):
-            count = len(image_vecs[cls])
-            if count == 0:
-                raise ValueError(
-                    f'class {cls} ({name}): no single-label image in the '
-                    f'image bank; {num_prototypes} prototypes need images '
-                    'whose img_labels flag only this class')
-            if count >= num_prototypes:
-                points = torch.stack(image_vecs[cls])
-            else:
-                points = torch.cat(pixel_feats[cls])
+            pool, kind = single, 'single-label'
+            if single.count(cls) == 0:
+                if shared.count(cls) == 0:
+                    raise ValueError(
+                        f'class {cls} ({name}): no single-label image in the '
+                        'image bank, and no image whose img_labels include '
+                        f'it; {num_prototypes} prototypes need images of it')
+                pool, kind = shared, 'multi-label'
                 print_log(
-                    f'class {cls} ({name}): only {count} single-label '
+                    f'class {cls} ({name}): no single-label image; its '
+                    f'prototypes come from {shared.count(cls)} multi-label '
+                    'image(s) that include it (mixed with other classes)',
+                    logger='current',
+                    level=logging.WARNING)
+            count = pool.count(cls)
+            if count >= num_prototypes:
+                points = torch.stack(pool.image_vecs[cls])
+            else:
+                points = torch.cat(pool.pixel_feats[cls])
+                print_log(
+                    f'class {cls} ({name}): only {count} {kind} '
                     f'image(s) for {num_prototypes} prototypes; clustering '
                     f'their {points.shape[0]} tissue-pixel embeddings instead',
                     logger='current',
@@ -452,8 +514,8 @@ def build_prototype_bank(model: nn.Module,
                                             num_iters, seed)
         print_log(
             'Prototype init: single-label images per class: ' + ', '.join(
-                f'{name}={len(vecs)}'
-                for name, vecs in zip(names, image_vecs)) +
+                f'{name}={single.count(cls)}'
+                for cls, name in enumerate(names)) +
             f' (cap {max_images_per_class}, K={num_prototypes})',
             logger='current')
     broadcast(prototypes, src=0)

@@ -27,7 +27,10 @@ class BaseCAMHead(BaseModule, metaclass=ABCMeta):
     Args:
         num_classes: N, number of classes.
         num_levels: L, number of CAM levels the head produces.
-        level_weights: One non-negative weight per level (default: equal).
+        level_weights: One non-negative weight per level for the loss and
+            the class probabilities (default: equal).
+        fuse_weights: One non-negative weight per level for the CAM fusion
+            of :meth:`fuse` (default: ``level_weights``).
         topk_ratio: Fraction of the pixels, in (0, 1], pooled into a score.
         loss_cls: Multi-label loss config, called as ``loss(scores (B, N),
             labels (B, N))``; its ``loss_name`` is the key of the loss.
@@ -39,6 +42,7 @@ class BaseCAMHead(BaseModule, metaclass=ABCMeta):
                  num_classes: int,
                  num_levels: int,
                  level_weights: Optional[Sequence[float]] = None,
+                 fuse_weights: Optional[Sequence[float]] = None,
                  topk_ratio: float = 1.0,
                  loss_cls: dict = dict(
                      type='CrossEntropyLoss',
@@ -54,11 +58,15 @@ class BaseCAMHead(BaseModule, metaclass=ABCMeta):
                 f'{name}: num_classes must be >= 1, got {num_classes}')
         if level_weights is None:
             level_weights = [1.0] * num_levels
-        if len(level_weights) != num_levels or min(level_weights) < 0 \
-                or sum(level_weights) <= 0:
-            raise ValueError(
-                f'{name}: level_weights must be {num_levels} non-negative '
-                f'weights with a positive sum, got {list(level_weights)}')
+        if fuse_weights is None:
+            fuse_weights = level_weights
+        for key, weights in (('level_weights', level_weights),
+                             ('fuse_weights', fuse_weights)):
+            if len(weights) != num_levels or min(weights) < 0 \
+                    or sum(weights) <= 0:
+                raise ValueError(
+                    f'{name}: {key} must be {num_levels} non-negative '
+                    f'weights with a positive sum, got {list(weights)}')
         if not 0.0 < topk_ratio <= 1.0:
             raise ValueError(
                 f'{name}: topk_ratio must be in (0, 1], got {topk_ratio}')
@@ -66,6 +74,7 @@ class BaseCAMHead(BaseModule, metaclass=ABCMeta):
         self.num_levels = num_levels
         total = float(sum(level_weights))
         self.level_weights = [float(w) / total for w in level_weights]
+        self.fuse_weights = [float(w) for w in fuse_weights]
         self.topk_ratio = topk_ratio
         self.loss_cls = MODELS.build(loss_cls)
         self.align_corners = align_corners
@@ -110,7 +119,7 @@ class BaseCAMHead(BaseModule, metaclass=ABCMeta):
         return torch.einsum('bln,l->bn', scores.sigmoid(), weights)
 
     def fuse(self, cams: Sequence[Tensor], size: Tuple[int, int]) -> Tensor:
-        """Fuse the levels' CAMs with ``level_weights``.
+        """Fuse the levels' CAMs with ``fuse_weights``.
 
         Args:
             cams: Raw CAMs per level, each (B, N, h_l, w_l).
@@ -119,7 +128,7 @@ class BaseCAMHead(BaseModule, metaclass=ABCMeta):
         Returns:
             Tensor: Normalised fused CAMs (B, N, H, W) in [0, 1].
         """
-        return fuse_cams(cams, self.level_weights, size, self.align_corners)
+        return fuse_cams(cams, self.fuse_weights, size, self.align_corners)
 
     def loss(self, inputs: Sequence[Tensor],
              img_labels: Tensor) -> Dict[str, Tensor]:
@@ -135,6 +144,22 @@ class BaseCAMHead(BaseModule, metaclass=ABCMeta):
             (probability > 0.5) that match the labels.
         """
         _, scores = self(inputs)
+        return self.loss_by_scores(scores, img_labels)
+
+    def loss_by_scores(self, scores: Tensor,
+                       img_labels: Tensor) -> Dict[str, Tensor]:
+        """The multi-label loss of class scores against image-level labels.
+
+        Args:
+            scores: Class logits (B, L, N).
+            img_labels: Multi-hot labels (B, N).
+
+        Returns:
+            dict: As :meth:`loss`.
+
+        Raises:
+            ValueError: If ``img_labels`` does not have shape (B, N).
+        """
         if img_labels.shape != (scores.shape[0], self.num_classes):
             raise ValueError(
                 f'{type(self).__name__}.loss: img_labels must have shape '

@@ -11,6 +11,7 @@ from mmseg.models.utils import resize
 from mmseg.registry import MODELS
 from torch import Tensor
 
+from ..utils.sub_prototypes import checked_prototypes
 from .prompted_features import PromptedFeatures
 
 UPDATE_MODES = ('learned', 'momentum')
@@ -139,16 +140,9 @@ class PrototypeBank(BaseModule):
         Args:
             prototypes: (N, K, D); normalised here.
         """
-        expected = tuple(self.prototypes.shape)
-        if tuple(prototypes.shape) != expected:
-            raise ValueError(
-                'PrototypeBank.load_prototypes: expected shape '
-                f'(num_classes, num_prototypes, embed_dim) = {expected}, got '
-                f'{tuple(prototypes.shape)}')
-        if not torch.isfinite(prototypes).all():
-            raise ValueError('PrototypeBank.load_prototypes: prototypes '
-                             'contain NaN or Inf')
-        self.prototypes.data.copy_(F.normalize(prototypes.float(), dim=-1))
+        self.prototypes.data.copy_(
+            checked_prototypes(prototypes, self.prototypes.shape,
+                               'PrototypeBank'))
 
     def normalized_prototypes(self) -> Tensor:
         """Unit-length prototypes (N, K, D)."""

@@ -248,6 +248,6 @@ class CAMSegmentor(FiniteLossMixin, BaseSegmentor):
                 data=gated_argmax(result.seg_logits.data, sample_keep))
             result.set_metainfo(
                 dict(
-                    cls_probs=sample_probs.cpu().numpy(),
+                    cls_probs=sample_probs.detach().cpu().numpy(),
                     cam_labels=sample_keep.long().cpu().numpy()))
         return results

@@ -51,6 +51,8 @@ def fuse_cams(cams: Sequence[Tensor],
                          f'{len(weights)} weights')
     fused = 0
     for cam, weight in zip(cams, weights):
+        if weight == 0:  # e.g. PBIP's first level; skip its resize
+            continue
         fused = fused + weight * resize(
             normalize_cams(cam),
             size=tuple(size),
