@@ -1,6 +1,6 @@
-"""tools/generate_pseudo_masks.py, and stage 1 -> pseudo masks -> stage 2
-through the real command-line tools."""
-import argparse
+"""protoprompt_mm.apis.pseudo_masks, tools/generate_pseudo_masks.py and
+tools/visualize.py, and stage 1 -> pseudo masks -> stage 2 through the real
+command-line tools."""
 import glob
 import importlib.util
 import json
@@ -13,11 +13,15 @@ import sys
 import numpy as np
 import pytest
 import torch
+from mmcv.transforms import Compose
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmseg.registry import MODELS
 from PIL import Image
 
+from protoprompt_mm.apis import (METRICS_FILE, PseudoMaskScorer,
+                                 build_label_dataset, generate_pseudo_masks,
+                                 pseudo_label_params)
 from protoprompt_mm.datasets import parse_image_labels
 from protoprompt_mm.datasets.synthetic_histo import (generate_synthetic_histo,
                                                      save_palette_mask)
@@ -25,46 +29,56 @@ from protoprompt_mm.utils import load_config
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 STAGE1 = osp.join(REPO_ROOT, 'configs', 'protoprompt',
-                  'stage1_protocam_r18_synthetic.py')
+                  'stage1_cam_r18_synthetic.py')
 STAGE2 = osp.join(REPO_ROOT, 'configs', 'protoprompt',
                   'protoprompt_r18_synthetic.py')
+STAGE2_DATA = osp.join(REPO_ROOT, 'configs', '_base_', 'datasets',
+                       'bcss_wsss.py')
 NUM_TRAIN = 8
 SIZE = 32
 # A small network, so that the tool tests stay fast.
 TINY = {
     'model.backbone.stem_channels': 8,
     'model.backbone.base_channels': 8,
-    'model.neck.in_channels': [8, 16, 32, 64],
-    'model.neck.embed_dim': 16,
+    'model.decode_head.in_channels': [32, 64],
 }
 
 
-def load_tool():
+def load_tool(name):
     spec = importlib.util.spec_from_file_location(
-        'generate_pseudo_masks',
-        osp.join(REPO_ROOT, 'tools', 'generate_pseudo_masks.py'))
+        name, osp.join(REPO_ROOT, 'tools', f'{name}.py'))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-tool = load_tool()
-
-
 @pytest.fixture(scope='module')
 def data_root(tmp_path_factory):
     root = str(tmp_path_factory.mktemp('synthetic'))
-    generate_synthetic_histo(root, seed=1, num_train=NUM_TRAIN, num_val=2,
+    generate_synthetic_histo(root, seed=1, num_train=NUM_TRAIN, num_val=3,
                              num_test=2, size=SIZE)
     return root
 
 
+def data_options(root):
+    """Config overrides of the tiny model on the data at ``root``."""
+    return {
+        **TINY, 'train_dataloader.dataset.data_root': root,
+        'test_dataloader.dataset.data_root': root,
+        'test_dataloader.num_workers': 0
+    }
+
+
 def options(root):
-    """``--cfg-options`` of the tiny model on the data at ``root``."""
-    return [f'{key}={value}' for key, value in TINY.items()] + [
-        f'train_dataloader.dataset.data_root={root}',
-        'test_dataloader.num_workers=0'
+    """The same as ``--cfg-options`` arguments."""
+    return [
+        f'{key}={value}'.replace(' ', '')
+        for key, value in data_options(root).items()
     ]
+
+
+def tiny_cfg(root, **extra):
+    return load_config(STAGE1, {**data_options(root), **extra})
 
 
 @pytest.fixture(scope='module')
@@ -80,7 +94,7 @@ def checkpoint(tmp_path_factory):
 
 def run_tool(monkeypatch, *argv):
     monkeypatch.setattr(sys, 'argv', ['generate_pseudo_masks.py', *argv])
-    tool.main()
+    load_tool('generate_pseudo_masks').main()
 
 
 def run(*cmd):
@@ -93,22 +107,32 @@ def run(*cmd):
     return proc.stdout
 
 
-def test_refuses_a_non_empty_out_dir(monkeypatch, tmp_path, data_root,
-                                     checkpoint):
+def read_metrics(out):
+    with open(osp.join(out, METRICS_FILE)) as f:
+        return json.load(f)
+
+
+def gt_labels(mask_path):
+    """Classes present in a ground-truth mask (4 = background)."""
+    return set(np.unique(np.array(Image.open(mask_path))).tolist()) - {4}
+
+
+def test_refuses_a_non_empty_out_dir(tmp_path, data_root, checkpoint):
     (tmp_path / 'old.png').write_bytes(b'')
     with pytest.raises(FileExistsError, match='--force'):
-        run_tool(monkeypatch, STAGE1, checkpoint, '--out', str(tmp_path),
-                 '--cfg-options', *options(data_root))
+        generate_pseudo_masks(tiny_cfg(data_root), checkpoint, str(tmp_path))
 
 
-def test_writes_gated_masks_cams_and_metrics(monkeypatch, capsys, tmp_path,
-                                             data_root, checkpoint):
+def test_cli_writes_gated_masks_cams_and_metrics(monkeypatch, capsys,
+                                                 tmp_path, data_root,
+                                                 checkpoint):
     out = str(tmp_path / 'pseudo')
     run_tool(monkeypatch, STAGE1, checkpoint, '--out', out, '--save-cams',
              '--batch-size', '3', '--scales', '1.0', '0.75',
              '--cfg-options', *options(data_root))
     printed = capsys.readouterr().out
     assert 'pseudo-mask mIoU:' in printed and 'coverage:' in printed
+    assert 'precision mIoU:' in printed and 'oracle' not in printed.lower()
 
     images = sorted(glob.glob(osp.join(data_root, 'training', '*.png')))
     masks = sorted(glob.glob(osp.join(out, '*.png')))
@@ -119,84 +143,193 @@ def test_writes_gated_masks_cams_and_metrics(monkeypatch, capsys, tmp_path,
         labels = parse_image_labels(path, 4)
         mask = np.array(Image.open(path))
         assert mask.shape == (SIZE, SIZE) and mask.dtype == np.uint8
-        allowed = set(np.flatnonzero(labels).tolist()) | {4, 255}
+        allowed = set(np.flatnonzero(labels).tolist()) | {255}
         assert set(np.unique(mask).tolist()) <= allowed, path
         cams = np.load(path[:-4] + '.npy')
         assert cams.shape == (4, SIZE, SIZE) and cams.dtype == np.float16
         assert np.all(cams[labels == 0] == 0)
         assert cams.min() >= 0 and cams.max() <= 1
 
-    with open(osp.join(out, tool.METRICS_FILE)) as f:
-        metrics = json.load(f)
-    assert 0 <= metrics['coverage'] <= 1
-    assert set(metrics['IoU']) == {'TUM', 'STR', 'LYM', 'NEC'}
+    metrics = read_metrics(out)
+    assert metrics['gating'] == 'image_labels' and 'cls_thresh' not in metrics
+    for key in ('mIoU', 'precision_mIoU', 'coverage'):
+        assert 0 <= metrics[key] <= 1, key
+    for key in ('IoU', 'precision_IoU'):
+        assert set(metrics[key]) == {'TUM', 'STR', 'LYM', 'NEC'}, key
     assert metrics['num_images'] == NUM_TRAIN
-    assert (metrics['bg_thresh'], metrics['fg_thresh']) == (
-        load_config(STAGE1).pseudo_label_cfg.bg_thresh,
-        load_config(STAGE1).pseudo_label_cfg.fg_thresh)
+    assert 'bg_thresh' not in metrics
+    assert (metrics['fg_thresh'], metrics['thresh_mode']) == (
+        load_config(STAGE1).pseudo_label_cfg.fg_thresh, 'fixed')
 
-    # --force writes into the same folder; CLI thresholds override.
+    # --force writes into the same folder; CLI thresholds override. Alpha 1
+    # of the adaptive mode keeps each kept class's peak pixels only.
     run_tool(monkeypatch, STAGE1, checkpoint, '--out', out, '--force',
-             '--no-flip', '--scales', '1.0', '--bg-thresh', '1.0',
-             '--fg-thresh', '1.0', '--cfg-options', *options(data_root))
-    for path in masks:  # scores < 1 are background, the peak is a class
-        assert set(np.unique(np.array(Image.open(path))).tolist()) <= {
-            0, 1, 2, 3, 4
-        }
+             '--no-flip', '--scales', '1.0', '--fg-thresh', '1.0',
+             '--thresh-mode', 'adaptive', '--cfg-options',
+             *options(data_root))
+    metrics = read_metrics(out)
+    assert (metrics['fg_thresh'], metrics['thresh_mode']) == (1.0, 'adaptive')
+    for path in masks:
+        mask = np.array(Image.open(path))
+        labelled = np.count_nonzero(mask != 255)
+        assert 1 <= labelled < mask.size // 4, path
 
 
-def test_two_ranks_write_the_same_masks_as_one(monkeypatch, tmp_path,
-                                              data_root, checkpoint):
+def test_two_ranks_write_the_same_masks_as_one(tmp_path, data_root,
+                                              checkpoint):
     single, ranks = str(tmp_path / 'single'), str(tmp_path / 'ranks')
-    common = ['--batch-size', '2', '--scales', '1.0', '--cfg-options',
-              *options(data_root)]
-    run_tool(monkeypatch, STAGE1, checkpoint, '--out', single, *common)
+    generate_pseudo_masks(tiny_cfg(data_root), checkpoint, single,
+                          batch_size=2, scales=[1.0])
     with socket.socket() as sock:
         sock.bind(('127.0.0.1', 0))
         port = sock.getsockname()[1]
     run('-m', 'torch.distributed.run', '--nproc_per_node', '2',
         f'--master_port={port}', 'tools/generate_pseudo_masks.py', STAGE1,
-        checkpoint, '--out', ranks, '--launcher', 'pytorch', *common)
+        checkpoint, '--out', ranks, '--launcher', 'pytorch', '--batch-size',
+        '2', '--scales', '1.0', '--cfg-options', *options(data_root))
     assert sorted(os.listdir(single)) == sorted(os.listdir(ranks))
     for path in glob.glob(osp.join(single, '*.png')):
         with open(path, 'rb') as a, \
                 open(osp.join(ranks, osp.basename(path)), 'rb') as b:
             assert a.read() == b.read(), path
-    with open(osp.join(single, tool.METRICS_FILE)) as a, \
-            open(osp.join(ranks, tool.METRICS_FILE)) as b:
-        assert json.load(a)['IoU'] == json.load(b)['IoU']
+    assert read_metrics(single)['IoU'] == read_metrics(ranks)['IoU']
 
 
-def test_scorer_counts_only_pixels_labelled_with_a_class(tmp_path):
+def test_val_is_gated_by_predicted_labels_unless_oracle(
+        monkeypatch, capsys, tmp_path, data_root, checkpoint):
+    # cls_thresh 1: no probability exceeds it, so only the top class of
+    # each image is predicted present.
+    cfg = tiny_cfg(data_root, **{'model.test_cfg.cls_thresh': 1.0})
+    predicted, oracle = str(tmp_path / 'predicted'), str(tmp_path / 'oracle')
+    record = generate_pseudo_masks(cfg, checkpoint, predicted, split='val',
+                                   scales=[1.0], save_cams=True)
+    assert record['gating'] == 'predicted' and record['cls_thresh'] == 1.0
+    assert json.dumps(read_metrics(predicted)) == json.dumps(record)
+    masks = sorted(glob.glob(osp.join(data_root, 'val', 'mask', '*.png')))
+    assert len(masks) == 3
+    dropped = 0
+    for mask in masks:
+        name = osp.basename(mask)[:-4]
+        kept = np.flatnonzero(
+            np.load(osp.join(predicted, name + '.npy')).max(axis=(1, 2)))
+        assert len(kept) == 1, name
+        # Classes of the mask the model predicts absent get no pixel.
+        dropped += len(gt_labels(mask) - set(kept.tolist()))
+        pseudo = np.array(Image.open(osp.join(predicted, name + '.png')))
+        assert set(np.unique(pseudo).tolist()) <= {kept[0], 255}
+    assert dropped > 0
+
+    run_tool(monkeypatch, STAGE1, checkpoint, '--out', oracle, '--split',
+             'val', '--oracle-labels', '--save-cams', '--scales', '1.0',
+             '--cfg-options', *options(data_root),
+             'model.test_cfg.cls_thresh=1.0')
+    assert 'pseudo-mask mIoU [ORACLE labels]:' in capsys.readouterr().out
+    metrics = read_metrics(oracle)
+    assert metrics['gating'] == 'oracle' and 'cls_thresh' not in metrics
+    for mask in masks:
+        cams = np.load(osp.join(oracle, osp.basename(mask)[:-4] + '.npy'))
+        assert set(np.flatnonzero(cams.max(axis=(1, 2))).tolist()) == \
+            gt_labels(mask)
+
+    with pytest.raises(ValueError, match='val / test only'):
+        generate_pseudo_masks(cfg, checkpoint, str(tmp_path / 'train'),
+                              oracle_labels=True)
+
+
+def test_visualize_gates_by_predicted_labels_unless_oracle(
+        tmp_path, data_root, checkpoint):
+    tool = load_tool('visualize')
+    common = [STAGE1, checkpoint, '--num', '1', '--cfg-options',
+              *options(data_root)]
+    tool.main([*common[:2], '--out', str(tmp_path / 'pred'), *common[2:]])
+    tool.main([*common[:2], '--out', str(tmp_path / 'oracle'),
+               '--oracle-labels', *common[2:]])
+    name = osp.basename(
+        sorted(glob.glob(osp.join(data_root, 'test', 'img', '*.png')))[0])[:-4]
+    assert sorted(os.listdir(tmp_path / 'pred')) == [
+        f'{name}_panel.png', f'{name}_seg.png'
+    ]
+    assert sorted(os.listdir(tmp_path / 'oracle')) == [
+        f'{name}_oracle_panel.png', f'{name}_oracle_seg.png'
+    ]
+
+
+def test_fg_thresh_changes_what_stage_2_trains_on(tmp_path, data_root,
+                                                  checkpoint):
+    """Masks of two thresholds through the stage-2 training pipeline: the
+    higher threshold leaves more pixels unsure (255), which the loss
+    ignores."""
+    pipeline = Compose(load_config(STAGE2_DATA).train_pipeline_pseudo)
+    images = sorted(glob.glob(osp.join(data_root, 'training', '*.png')))
+    trained = {}
+    for fg_thresh in (0.2, 0.6):
+        out = str(tmp_path / str(fg_thresh))
+        generate_pseudo_masks(tiny_cfg(data_root), checkpoint, out,
+                              scales=[1.0], fg_thresh=fg_thresh)
+        counts = []
+        for image in images:
+            packed = pipeline(
+                dict(img_path=image,
+                     seg_map_path=osp.join(out, osp.basename(image)),
+                     img_labels=None, seg_fields=[],
+                     reduce_zero_label=False))
+            seg = packed['data_samples'].gt_sem_seg.data
+            counts.append(np.bincount(seg.flatten().numpy(), minlength=256))
+        trained[fg_thresh] = np.stack(counts)  # (images, 256) per value
+    low, high = trained[0.2], trained[0.6]
+    # Per class: the pixels at 0.6 are a subset of those at 0.2.
+    assert (high[:, :4] <= low[:, :4]).all()
+    assert high[:, :4].sum() < low[:, :4].sum()
+    assert high[:, 255].sum() > low[:, 255].sum()
+
+
+def test_scorer_counts_unlabelled_tissue_as_misses(tmp_path):
     gt = np.array([[0, 0, 1, 1], [4, 4, 2, 2]], dtype=np.uint8)
     save_palette_mask(str(tmp_path / 'gt.png'), gt)
-    pseudo = np.array([[0, 255, 1, 0], [0, 4, 2, 4]], dtype=np.uint8)
-    scorer = tool.PseudoMaskScorer(4, background_index=4, ignore_index=255)
+    pseudo = np.array([[0, 255, 1, 0], [0, 255, 2, 255]], dtype=np.uint8)
+    scorer = PseudoMaskScorer(4, background_index=4, ignore_index=255)
     scorer.update(pseudo, str(tmp_path / 'gt.png'))
     metrics = scorer.metrics(['TUM', 'STR', 'LYM', 'NEC'])
-    # scored pixels (GT tissue, pseudo class): (0,0) 0/0, (0,2) 1/1,
-    # (0,3) GT 1 / pseudo 0, (1,2) 2/2.
-    assert metrics['IoU']['TUM'] == pytest.approx(0.5)
+    # GT tissue: (0,0) 0 -> 0, (0,1) 0 -> miss, (0,2) 1 -> 1, (0,3) 1 -> 0,
+    # (1,2) 2 -> 2, (1,3) 2 -> miss; (1,0), pseudo 0 on GT background, is
+    # not scored. All tissue: TUM 1 / (2 + 2 - 1), STR 1 / 2, LYM 1 / 2.
+    assert metrics['IoU']['TUM'] == pytest.approx(1 / 3)
     assert metrics['IoU']['STR'] == pytest.approx(0.5)
-    assert metrics['IoU']['LYM'] == pytest.approx(1.0)
+    assert metrics['IoU']['LYM'] == pytest.approx(0.5)
     assert np.isnan(metrics['IoU']['NEC'])
-    assert metrics['mIoU'] == pytest.approx(2 / 3)
+    assert metrics['mIoU'] == pytest.approx(4 / 9)
+    # Labelled tissue only: (0,0), (0,2), (0,3), (1,2).
+    assert metrics['precision_IoU']['TUM'] == pytest.approx(0.5)
+    assert metrics['precision_IoU']['STR'] == pytest.approx(0.5)
+    assert metrics['precision_IoU']['LYM'] == pytest.approx(1.0)
+    assert np.isnan(metrics['precision_IoU']['NEC'])
+    assert metrics['precision_mIoU'] == pytest.approx(2 / 3)
     assert metrics['coverage'] == pytest.approx(4 / 6)
     with pytest.raises(FileNotFoundError, match='missing.png'):
         scorer.update(pseudo, str(tmp_path / 'missing.png'))
 
 
-def test_thresholds_must_be_configured():
-    cfg = Config(dict(pseudo_label_cfg=dict(bg_thresh=0.2)))
-    args = argparse.Namespace(bg_thresh=None, fg_thresh=None)
+def test_pseudo_label_params():
+    cfg = Config(dict(pseudo_label_cfg=dict(thresh_mode='adaptive')))
     with pytest.raises(KeyError, match='pseudo_label_cfg.fg_thresh'):
-        tool.pseudo_label_params(cfg, args, 4)
-    args.fg_thresh = 0.6
-    assert tool.pseudo_label_params(cfg, args, 4) == dict(
-        bg_thresh=0.2, fg_thresh=0.6, ignore_index=255, background_index=4)
-    with pytest.raises(KeyError, match='bg_tresh'):
-        tool.pseudo_label_params(
-            Config(dict(pseudo_label_cfg=dict(bg_tresh=0.1))), args, 4)
+        pseudo_label_params(cfg)
+    assert pseudo_label_params(cfg, fg_thresh=0.6) == dict(
+        fg_thresh=0.6, thresh_mode='adaptive', ignore_index=255)
+    assert pseudo_label_params(
+        Config(dict(pseudo_label_cfg=dict(fg_thresh=0.3))),
+        thresh_mode='adaptive')['thresh_mode'] == 'adaptive'
+    with pytest.raises(KeyError, match='bg_thresh'):
+        pseudo_label_params(
+            Config(dict(pseudo_label_cfg=dict(bg_thresh=0.1))), 0.2)
+
+
+def test_build_label_dataset_drops_mask_loaders_on_train(data_root):
+    cfg = tiny_cfg(data_root)
+    train = build_label_dataset(cfg, 'train')
+    assert len(train) == NUM_TRAIN and 'gt_sem_seg' not in train[0][
+        'data_samples']
+    val = build_label_dataset(cfg, 'val')
+    assert len(val) == 3 and 'gt_sem_seg' in val[0]['data_samples']
 
 
 def test_end_to_end_stage1_pseudo_masks_stage2(tmp_path):
@@ -226,7 +359,7 @@ def test_end_to_end_stage1_pseudo_masks_stage2(tmp_path):
                   *loaders)
     assert 'pseudo-mask mIoU:' in printed
     assert len(glob.glob(osp.join(masks, '*.png'))) == 16
-    assert osp.isfile(osp.join(masks, tool.METRICS_FILE))
+    assert osp.isfile(osp.join(masks, METRICS_FILE))
 
     work2 = str(tmp_path / 'stage2')
     run('tools/train.py', STAGE2, '--work-dir', work2, '--cfg-options',

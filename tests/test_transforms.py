@@ -89,38 +89,67 @@ def test_image_level_labels_errors_name_file():
 
 def test_cams_to_pseudo_label_by_hand():
     labels = np.array([1, 0])
-    # Gated: only class 0 counts; max scores = CAMS[0].
-    out = cams_to_pseudo_label(CAMS, labels, 0.2, 0.6)
+    # Gated: only class 0 counts; below fg_thresh is unsure (255).
+    out = cams_to_pseudo_label(CAMS, labels, 0.6)
     assert out.dtype == np.uint8
-    assert out.tolist() == [[0, 255, 4], [255, 4, 0]]
+    assert out.tolist() == [[0, 255, 255], [255, 255, 0]]
     # Not gated: class 1 wins where it is larger.
-    out = cams_to_pseudo_label(CAMS, np.array([1, 1]), 0.2, 0.6)
-    assert out.tolist() == [[1, 1, 4], [1, 4, 0]]
-    # Float16 input, other ids, equal thresholds (no ignore band).
+    out = cams_to_pseudo_label(CAMS, np.array([1, 1]), 0.6)
+    assert out.tolist() == [[1, 1, 255], [1, 255, 0]]
+    # Float16 input, another ignore id, a lower threshold.
     out = cams_to_pseudo_label(
-        CAMS.astype(np.float16),
-        labels,
-        0.5,
-        0.5,
-        ignore_index=200,
-        background_index=9)
-    assert out.tolist() == [[0, 0, 9], [9, 9, 0]]
-    # No class present: all background.
-    out = cams_to_pseudo_label(CAMS, np.array([0, 0]), 0.0, 0.0)
-    assert (out == 4).all()
+        CAMS.astype(np.float16), labels, 0.5, ignore_index=200)
+    assert out.tolist() == [[0, 0, 200], [200, 200, 0]]
+    # Threshold 0 labels every pixel; no class present: all unsure.
+    assert cams_to_pseudo_label(CAMS, labels, 0.0).tolist() == [[0] * 3] * 2
+    out = cams_to_pseudo_label(CAMS, np.array([0, 0]), 0.0)
+    assert (out == 255).all()
+
+
+def test_adaptive_threshold_is_a_fraction_of_each_map_peak():
+    # Peaks 0.45 (class 0) and 0.495: alpha 0.6 keeps class-0 pixels from
+    # 0.27 on, while the fixed threshold 0.6 keeps none.
+    low = CAMS * 0.5
+    labels = np.array([1, 0])
+    assert cams_to_pseudo_label(low, labels, 0.6, 'adaptive').tolist() == [
+        [0, 255, 255], [255, 255, 0]]
+    assert (cams_to_pseudo_label(low, labels, 0.6) == 255).all()
+    # Per class: class 1 (peak 0.495) keeps 0.3 >= 0.297, class 0 (peak
+    # 0.45) drops 0.25 < 0.27.
+    both = cams_to_pseudo_label(low, np.array([1, 1]), 0.6, 'adaptive')
+    assert both.tolist() == [[1, 1, 255], [1, 255, 0]]
+    # A kept class whose map is zero everywhere labels nothing.
+    zero = np.zeros((2, 2, 3), np.float32)
+    assert (cams_to_pseudo_label(zero, labels, 0.5, 'adaptive') == 255).all()
+
+
+def test_threshold_modes_agree_on_peak_normalised_cams():
+    rng = np.random.default_rng(0)
+    raw = rng.random((3, 8, 8)).astype(np.float32) * 0.5
+    cams = raw / raw.max(axis=(1, 2), keepdims=True)
+    labels = np.array([1, 0, 1])
+    for alpha in (0.5, 0.7, 0.9):
+        fixed = cams_to_pseudo_label(cams, labels, alpha)
+        assert (fixed == 255).any() and (fixed != 255).any()
+        assert np.array_equal(
+            cams_to_pseudo_label(cams, labels, alpha, 'adaptive'), fixed)
+        assert not np.array_equal(
+            cams_to_pseudo_label(raw, labels, alpha, 'adaptive'),
+            cams_to_pseudo_label(raw, labels, alpha))
 
 
 @pytest.mark.parametrize('kwargs, message', [
-    (dict(bg_thresh=0.7, fg_thresh=0.6), 'bg_thresh'),
-    (dict(bg_thresh=-0.1, fg_thresh=0.6), 'bg_thresh'),
+    (dict(fg_thresh=1.5), 'fg_thresh'),
+    (dict(fg_thresh=-0.1), 'fg_thresh'),
+    (dict(thresh_mode='dynamic'), 'thresh_mode'),
+    (dict(ignore_index=1), 'ignore_index'),
     (dict(img_labels=np.array([1, 0, 1])), 'does not match'),
     (dict(img_labels=np.array([2, 0])), '0 / 1'),
     (dict(cams=CAMS[0]), r'\(N, H, W\)'),
     (dict(cams=CAMS + 0.5), r'\[0, 1\]'),
 ])
 def test_cams_to_pseudo_label_errors(kwargs, message):
-    args = dict(
-        cams=CAMS, img_labels=np.array([1, 0]), bg_thresh=0.2, fg_thresh=0.6)
+    args = dict(cams=CAMS, img_labels=np.array([1, 0]), fg_thresh=0.6)
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
         cams_to_pseudo_label(**args)
@@ -128,18 +157,23 @@ def test_cams_to_pseudo_label_errors(kwargs, message):
 
 def test_cam_to_pseudo_label_transform_gating():
     results = dict(img_path='p.png', cams=CAMS, img_labels=np.array([1, 0]))
-    out = CAMToPseudoLabel(0.2, 0.6)(dict(results))
-    assert out['gt_seg_map'].tolist() == [[0, 255, 4], [255, 4, 0]]
+    out = CAMToPseudoLabel(0.6)(dict(results))
+    assert out['gt_seg_map'].tolist() == [[0, 255, 255], [255, 255, 0]]
     assert out['seg_fields'] == ['gt_seg_map']
-    ungated = CAMToPseudoLabel(0.2, 0.6, gate_by_labels=False)(dict(results))
-    assert ungated['gt_seg_map'].tolist() == [[1, 1, 4], [1, 4, 0]]
+    ungated = CAMToPseudoLabel(0.6, gate_by_labels=False)(dict(results))
+    assert ungated['gt_seg_map'].tolist() == [[1, 1, 255], [1, 255, 0]]
+    adaptive = CAMToPseudoLabel(0.6, thresh_mode='adaptive')(
+        dict(results, cams=CAMS * 0.5))
+    assert adaptive['gt_seg_map'].tolist() == [[0, 255, 255], [255, 255, 0]]
     with pytest.raises(ValueError, match='fg_thresh'):
-        CAMToPseudoLabel(0.5, 1.5)
+        CAMToPseudoLabel(1.5)
+    with pytest.raises(ValueError, match='thresh_mode'):
+        CAMToPseudoLabel(0.5, thresh_mode='dynamic')
     with pytest.raises(ValueError, match='p.png'):
-        CAMToPseudoLabel(0.2, 0.6)(dict(results, img_labels=np.ones(3)))
+        CAMToPseudoLabel(0.6)(dict(results, img_labels=np.ones(3)))
 
 
-CONVERTER = dict(bg_thresh=0.2, fg_thresh=0.6)
+CONVERTER = dict(fg_thresh=0.6)
 
 
 def test_load_cam_pseudo_label_png(tmp_path):
@@ -163,7 +197,7 @@ def test_load_cam_pseudo_label_arrays(tmp_path, suffix):
         img_shape=(2, 3),
         seg_fields=[])
     out = LoadCAMPseudoLabel(converter=CONVERTER)(results)
-    # Background (4) becomes ignore: the map is ready for the loss.
+    # Below fg_thresh is ignore: the map is ready for the loss.
     assert out['gt_seg_map'].tolist() == [[0, 255, 255], [255, 255, 0]]
     assert out['seg_fields'] == ['gt_seg_map']
 

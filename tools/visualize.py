@@ -1,15 +1,24 @@
 """Overlay panels of a few test patches.
 
     python tools/visualize.py CONFIG CHECKPOINT --out DIR [--num 4]
+        [--split test] [--oracle-labels]
         [--cam-config STAGE1_CONFIG --cam-checkpoint STAGE1_CKPT]
 
 For each patch it writes ``<name>_panel.png``: image | CAM per class |
-pseudo-mask (the stage-1 CAMs thresholded as for training) | prediction |
-ground truth, and, when CONFIG's model has a ``PrototypeBank`` neck,
-``<name>_prototypes.png``: the prototype-similarity map of every class. The
-prediction | ground-truth overlay of mmseg's ``SegLocalVisualizer`` goes to
-``<name>_seg.png``. CONFIG may itself be a stage-1 (CAM) config; otherwise
-the CAM columns need ``--cam-config``/``--cam-checkpoint``.
+pseudo-mask | prediction | ground truth, and, when CONFIG's model has a
+``PrototypeBank`` neck, ``<name>_prototypes.png``: the prototype-similarity
+map of every class. The prediction | ground-truth overlay of mmseg's
+``SegLocalVisualizer`` goes to ``<name>_seg.png``. CONFIG may itself be a
+stage-1 (CAM) config; otherwise the CAM columns need
+``--cam-config``/``--cam-checkpoint``.
+
+The CAM columns are the stage-1 CAMs gated, as by
+``tools/generate_pseudo_masks.py`` on val / test, by the stage-1 model's
+predicted image labels (``test_cfg.cls_thresh``); the pseudo-mask is them
+thresholded with its ``pseudo_label_cfg``. With ``--oracle-labels`` they
+are gated by the labels of the ground-truth masks (an oracle): their titles
+say "oracle" and the panel is ``<name>_oracle_panel.png`` (and, as a CAM
+CONFIG's prediction is gated the same way, its ``<name>_oracle_seg.png``).
 """
 import argparse
 import os
@@ -20,12 +29,11 @@ import cv2
 import numpy as np
 import torch
 from mmengine.config import DictAction
-from mmengine.registry import init_default_scope
-from mmengine.runner import load_checkpoint
 from mmseg.models.utils import resize
-from mmseg.registry import DATASETS, MODELS, VISUALIZERS
+from mmseg.registry import DATASETS, VISUALIZERS
 
-from protoprompt_mm.datasets.transforms import cams_to_pseudo_label
+from protoprompt_mm.apis import (gating_mode, init_segmentor,
+                                 pseudo_label_params, pseudo_mask_of)
 from protoprompt_mm.models.necks import PromptedFeatures
 from protoprompt_mm.models.segmentors import CAMSegmentor
 from protoprompt_mm.utils import load_config
@@ -40,6 +48,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--out', required=True, help='output folder')
     parser.add_argument('--num', type=int, default=4, help='patches to draw')
     parser.add_argument('--split', choices=['val', 'test'], default='test')
+    parser.add_argument(
+        '--oracle-labels', action='store_true',
+        help='gate the CAMs by the ground-truth labels (an oracle)')
     parser.add_argument('--cam-config', help='stage-1 config (CAM columns)')
     parser.add_argument('--cam-checkpoint', help='stage-1 checkpoint')
     parser.add_argument('--device', default='cpu')
@@ -52,12 +63,6 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return args
 
 
-def build_model(cfg, checkpoint: str, device: str) -> torch.nn.Module:
-    model = MODELS.build(cfg.model)
-    load_checkpoint(model, checkpoint, map_location='cpu')
-    return model.to(device).eval()
-
-
 def to_rgb(sample_inputs: torch.Tensor) -> np.ndarray:
     """The packed (3, H, W) BGR uint8 input as an RGB array."""
     return np.ascontiguousarray(
@@ -68,20 +73,29 @@ def to_rgb(sample_inputs: torch.Tensor) -> np.ndarray:
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
     cfg = load_config(args.config, args.cfg_options)
-    init_default_scope(cfg.get('default_scope', 'mmseg'))
-    model = build_model(cfg, args.checkpoint, args.device)
+    model = init_segmentor(cfg, args.checkpoint, args.device)
     if isinstance(model, CAMSegmentor):
         cam_cfg, cam_model = cfg, model
     elif args.cam_config is not None:
         cam_cfg = load_config(args.cam_config, args.cfg_options)
-        cam_model = build_model(cam_cfg, args.cam_checkpoint, args.device)
+        cam_model = init_segmentor(cam_cfg, args.cam_checkpoint, args.device)
+    elif args.oracle_labels:
+        raise ValueError(f'--oracle-labels gates the CAM columns, but '
+                         f'{args.config} is no CAM config and no '
+                         '--cam-config is given')
     else:
         cam_cfg = cam_model = None
+    oracle = gating_mode(args.split, args.oracle_labels) == 'oracle'
+    # Titles and file names of what the oracle gating touched.
+    tag, suffix = (' (oracle)', '_oracle') if oracle else ('', '')
+    pred_tag, seg_suffix = (tag, suffix) if cam_model is model else ('', '')
+    if cam_model is not None:
+        cam_model.test_cfg['use_gt_labels'] = oracle
+        params = pseudo_label_params(cam_cfg)
 
     dataset = DATASETS.build(cfg[f'{args.split}_dataloader'].dataset)
     classes = dataset.metainfo['classes']
     palette = dataset.metainfo['palette']
-    num_classes = len(classes)
     visualizer = VISUALIZERS.build(
         dict(type='SegLocalVisualizer', name='protoprompt_visualize',
              alpha=0.6))
@@ -102,20 +116,17 @@ def main(argv: Optional[List[str]] = None) -> None:
 
         tiles, titles = [image], ['image']
         if cam_model is not None:
-            batch = cam_model.data_preprocessor(data, False)
-            cams = cam_model.inference(batch['inputs'])[0]
-            cams = resize(cams, size=size, mode='bilinear')[0].cpu().numpy()
+            cam_result = result if cam_model is model else \
+                cam_model.test_step(data)[0]
+            cams, pseudo = pseudo_mask_of(cam_result, params)
             tiles += [heatmap_overlay(image, cam) for cam in cams]
-            titles += [f'CAM {c}' for c in classes]
-            pseudo = cams_to_pseudo_label(cams, np.asarray(sample.img_labels),
-                                          **cam_cfg.pseudo_label_cfg)
-            tiles.append(colorize_labels(pseudo, palette,
-                                         background_index=num_classes))
-            titles.append('pseudo-mask')
+            titles += [f'CAM {c}{tag}' for c in classes]
+            tiles.append(colorize_labels(pseudo, palette))
+            titles.append(f'pseudo-mask{tag}')
         tiles += [colorize_labels(pred, palette),
                   colorize_labels(gt, palette)]
-        titles += ['prediction', 'ground truth']
-        cv2.imwrite(osp.join(args.out, f'{name}_panel.png'),
+        titles += [f'prediction{pred_tag}', 'ground truth']
+        cv2.imwrite(osp.join(args.out, f'{name}{suffix}_panel.png'),
                     cv2.cvtColor(make_panel(tiles, titles), cv2.COLOR_RGB2BGR))
 
         feats = model.extract_feat(
@@ -130,7 +141,7 @@ def main(argv: Optional[List[str]] = None) -> None:
                         cv2.cvtColor(panel, cv2.COLOR_RGB2BGR))
         visualizer.add_datasample(
             name, image, result, draw_gt=True, draw_pred=True, show=False,
-            out_file=osp.join(args.out, f'{name}_seg.png'))
+            out_file=osp.join(args.out, f'{name}{seg_suffix}_seg.png'))
     print(f'Wrote panels of {min(args.num, len(dataset))} patches to '
           f'{args.out}')
 

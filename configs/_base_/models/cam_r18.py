@@ -22,7 +22,8 @@ model = dict(
     # Gating by predicted labels (prob > cls_thresh); pseudo-mask generation
     # switches to use_gt_labels=True.
     test_cfg=dict(mode='whole', cls_thresh=0.5, use_gt_labels=False))
-# CAM thresholds of tools/generate_pseudo_masks.py: max CAM < bg_thresh ->
-# background (4), bg_thresh..fg_thresh -> ignore (255), else the class.
+# CAM threshold of tools/generate_pseudo_masks.py: a pixel gets its top
+# class when that CAM >= fg_thresh ('fixed'; 'adaptive': >= fg_thresh x the
+# map's peak, PBIP's alpha), else ignore (255, not trained on).
 # Set on the synthetic data; the stage-1 configs may override it.
-pseudo_label_cfg = dict(bg_thresh=0.1, fg_thresh=0.25)
+pseudo_label_cfg = dict(fg_thresh=0.25, thresh_mode='fixed')

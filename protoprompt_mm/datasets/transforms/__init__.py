@@ -1,10 +1,11 @@
 """Registered components; importing this module registers them."""
-from .cam_to_pseudo_label import CAMToPseudoLabel, cams_to_pseudo_label
+from .cam_to_pseudo_label import (THRESH_MODES, CAMToPseudoLabel,
+                                  cams_to_pseudo_label)
 from .load_cam_pseudo_label import LoadCAMPseudoLabel
 from .load_histo_annotations import LoadHistoAnnotations
 from .load_image_level_labels import LoadImageLevelLabels
 
 __all__ = [
     'CAMToPseudoLabel', 'cams_to_pseudo_label', 'LoadCAMPseudoLabel',
-    'LoadHistoAnnotations', 'LoadImageLevelLabels'
+    'LoadHistoAnnotations', 'LoadImageLevelLabels', 'THRESH_MODES'
 ]

@@ -8,46 +8,60 @@ from mmseg.registry import TRANSFORMS
 from .load_histo_annotations import check_label_ids
 
 
-def _check_thresholds(bg_thresh: float, fg_thresh: float) -> None:
-    """Require ``0 <= bg_thresh <= fg_thresh <= 1``."""
-    if not 0.0 <= bg_thresh <= fg_thresh <= 1.0:
-        raise ValueError(f'thresholds must satisfy 0 <= bg_thresh <= '
-                         f'fg_thresh <= 1, got bg_thresh={bg_thresh}, '
-                         f'fg_thresh={fg_thresh}')
+THRESH_MODES = ('fixed', 'adaptive')
+
+
+def _check_threshold(fg_thresh: float, thresh_mode: str) -> None:
+    """Require ``0 <= fg_thresh <= 1`` and a known ``thresh_mode``."""
+    if thresh_mode not in THRESH_MODES:
+        raise ValueError(f'thresh_mode must be one of {THRESH_MODES}, got '
+                         f'{thresh_mode!r}')
+    if not 0.0 <= fg_thresh <= 1.0:
+        raise ValueError(
+            f'fg_thresh must satisfy 0 <= fg_thresh <= 1, got {fg_thresh}')
 
 
 def cams_to_pseudo_label(cams: np.ndarray,
                          img_labels: np.ndarray,
-                         bg_thresh: float,
                          fg_thresh: float,
-                         ignore_index: int = 255,
-                         background_index: int = 4) -> np.ndarray:
+                         thresh_mode: str = 'fixed',
+                         ignore_index: int = 255) -> np.ndarray:
     """Pseudo label map from per-class CAMs gated by image-level labels.
 
     Classes absent from ``img_labels`` are excluded, so they can never be
     predicted (like zeroing their CAMs, without an absent class winning a
-    tie at 0). With ``s`` the highest remaining score of a pixel and ``c``
-    its class: ``s < bg_thresh`` gives ``background_index``,
-    ``bg_thresh <= s < fg_thresh`` gives ``ignore_index`` and
-    ``s >= fg_thresh`` gives ``c``. A patch without any class is all
-    background.
+    tie at 0). With ``c`` the arg-max of a pixel among the kept classes and
+    ``s = cams[c]`` there, the pixel gets ``c`` when ``s`` reaches the
+    threshold of ``c``, else ``ignore_index`` (unsure; stage 2 does not
+    train on it):
+
+    - ``'fixed'``: ``s >= fg_thresh``;
+    - ``'adaptive'`` (PBIP's ``MaskAdapter_DynamicThreshold``):
+      ``s >= fg_thresh * max(cams[c])`` over this image and ``s > 0``, i.e.
+      ``fg_thresh`` is a fraction alpha of each (image, class) map's peak;
+      a map that is zero everywhere labels no pixel.
+
+    The CAMs of ``CAMSegmentor`` are peak-normalised (every map peaks at
+    about 1), so on them both modes agree; they differ on CAMs with lower
+    peaks. A patch without any class is all ``ignore_index``.
 
     Args:
         cams (np.ndarray): (N, H, W) float scores in [0, 1].
         img_labels (np.ndarray): (N,) flags 0 / 1.
-        bg_thresh (float): Scores below are background.
-        fg_thresh (float): Scores at or above are confident foreground.
-        ignore_index (int): Value of uncertain pixels. Defaults to 255.
-        background_index (int): Value of background pixels. Defaults to 4.
+        fg_thresh (float): The threshold in [0, 1], a score (``'fixed'``)
+            or a fraction of the map's peak (``'adaptive'``).
+        thresh_mode (str): ``'fixed'`` or ``'adaptive'``. Defaults to
+            ``'fixed'``.
+        ignore_index (int): Value of unsure pixels. Defaults to 255.
 
     Returns:
-        np.ndarray: uint8 (H, W) label map.
+        np.ndarray: uint8 (H, W) label map, class ids or ``ignore_index``.
 
     Raises:
-        ValueError: On bad thresholds / ids, shapes that do not match, flags
-            other than 0 / 1 or scores outside [0, 1].
+        ValueError: On a bad threshold, mode or id, shapes that do not
+            match, flags other than 0 / 1 or scores outside [0, 1].
     """
-    _check_thresholds(bg_thresh, fg_thresh)
+    _check_threshold(fg_thresh, thresh_mode)
     cams = np.asarray(cams)
     img_labels = np.asarray(img_labels)
     if cams.ndim != 3 or not np.issubdtype(cams.dtype, np.floating):
@@ -59,7 +73,7 @@ def cams_to_pseudo_label(cams: np.ndarray,
     if not np.isin(img_labels, (0, 1)).all():
         raise ValueError(
             f'img_labels must be 0 / 1 flags, got {img_labels.tolist()}')
-    check_label_ids(cams.shape[0], background_index, ignore_index)
+    check_label_ids(cams.shape[0], ignore_index=ignore_index)
     scores = cams.astype(np.float32)
     if not ((scores >= 0) & (scores <= 1)).all():
         raise ValueError(f'CAM scores must lie in [0, 1], got range '
@@ -67,11 +81,14 @@ def cams_to_pseudo_label(cams: np.ndarray,
                          f'(or NaN)')
     present = img_labels.astype(bool)[:, None, None]
     scores = np.where(present, scores, -1.0)
-    label_map = scores.argmax(axis=0).astype(np.uint8)
+    label_map = scores.argmax(axis=0)
     best = scores.max(axis=0)
-    label_map[best < fg_thresh] = ignore_index
-    label_map[best < bg_thresh] = background_index
-    return label_map
+    if thresh_mode == 'fixed':
+        confident = best >= fg_thresh
+    else:
+        peaks = scores.reshape(len(scores), -1).max(axis=1)
+        confident = (best >= fg_thresh * peaks[label_map]) & (best > 0)
+    return np.where(confident, label_map, ignore_index).astype(np.uint8)
 
 
 @TRANSFORMS.register_module()
@@ -86,30 +103,27 @@ class CAMToPseudoLabel(BaseTransform):
 
     Added Keys:
 
-    - gt_seg_map (np.uint8): (H, W) with class ids, ``background_index``
-      and ``ignore_index``.
+    - gt_seg_map (np.uint8): (H, W) with class ids and ``ignore_index``.
     - seg_fields (List)
 
     Args:
-        bg_thresh (float): Scores below are background.
-        fg_thresh (float): Scores at or above are confident foreground.
-        ignore_index (int): Value of uncertain pixels. Defaults to 255.
-        background_index (int): Value of background pixels. Defaults to 4.
+        fg_thresh (float): Threshold in [0, 1] of confident pixels.
+        thresh_mode (str): ``'fixed'`` (a score) or ``'adaptive'`` (a
+            fraction of each map's peak). Defaults to ``'fixed'``.
+        ignore_index (int): Value of unsure pixels. Defaults to 255.
         gate_by_labels (bool): Exclude classes absent from ``img_labels``.
             Defaults to True.
     """
 
     def __init__(self,
-                 bg_thresh: float,
                  fg_thresh: float,
+                 thresh_mode: str = 'fixed',
                  ignore_index: int = 255,
-                 background_index: int = 4,
                  gate_by_labels: bool = True) -> None:
-        _check_thresholds(bg_thresh, fg_thresh)
-        self.bg_thresh = bg_thresh
+        _check_threshold(fg_thresh, thresh_mode)
         self.fg_thresh = fg_thresh
+        self.thresh_mode = thresh_mode
         self.ignore_index = ignore_index
-        self.background_index = background_index
         self.gate_by_labels = gate_by_labels
 
     def convert(self,
@@ -130,9 +144,8 @@ class CAMToPseudoLabel(BaseTransform):
         if not self.gate_by_labels:
             img_labels = np.ones(np.shape(cams)[:1], dtype=np.int64)
         try:
-            return cams_to_pseudo_label(cams, img_labels, self.bg_thresh,
-                                        self.fg_thresh, self.ignore_index,
-                                        self.background_index)
+            return cams_to_pseudo_label(cams, img_labels, self.fg_thresh,
+                                        self.thresh_mode, self.ignore_index)
         except ValueError as err:
             prefix = f'{source}: ' if source else ''
             raise ValueError(f'{prefix}{err}') from err
@@ -153,8 +166,7 @@ class CAMToPseudoLabel(BaseTransform):
         return results
 
     def __repr__(self) -> str:
-        return (f'{self.__class__.__name__}(bg_thresh={self.bg_thresh}, '
-                f'fg_thresh={self.fg_thresh}, '
+        return (f'{self.__class__.__name__}(fg_thresh={self.fg_thresh}, '
+                f"thresh_mode='{self.thresh_mode}', "
                 f'ignore_index={self.ignore_index}, '
-                f'background_index={self.background_index}, '
                 f'gate_by_labels={self.gate_by_labels})')

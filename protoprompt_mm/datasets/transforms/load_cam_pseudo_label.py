@@ -9,7 +9,7 @@ from mmcv.transforms import BaseTransform
 from mmseg.registry import TRANSFORMS
 
 from .cam_to_pseudo_label import CAMToPseudoLabel
-from .load_histo_annotations import LoadHistoAnnotations, to_training_label_map
+from .load_histo_annotations import LoadHistoAnnotations
 
 
 @TRANSFORMS.register_module()
@@ -18,15 +18,16 @@ class LoadCAMPseudoLabel(BaseTransform):
 
     ``seg_map_path`` may point to
 
-    - a ``.png`` label map (classes, background, ignore), read like
-      :class:`LoadHistoAnnotations`;
+    - a ``.png`` label map (classes, ignore, possibly background), read
+      like :class:`LoadHistoAnnotations` (background becomes
+      ``ignore_index``);
     - a ``.npy`` array or a ``.npz`` archive (key ``cams``, or its only
       array) of float CAMs (N, H, W) in [0, 1], typically float16,
       converted with :class:`CAMToPseudoLabel` built from ``converter``.
 
-    In both cases background becomes ``ignore_index``, so the map is ready
-    for the loss; the map must have the image size when ``img_shape`` is
-    known.
+    In both cases the map holds class ids and ``ignore_index`` only, so it
+    is ready for the loss; it must have the image size when ``img_shape``
+    is known.
 
     Required Keys:
 
@@ -41,10 +42,12 @@ class LoadCAMPseudoLabel(BaseTransform):
 
     Args:
         converter (dict, optional): Arguments of :class:`CAMToPseudoLabel`;
-            required for CAM arrays. Its ``background_index`` /
-            ``ignore_index`` also apply to PNGs. Defaults to None.
+            required for CAM arrays. Its ``ignore_index`` also applies to
+            PNGs. Defaults to None.
         num_classes (int): Number of classes of PNG label maps. Defaults to
             4.
+        background_index (int): Background value of PNG label maps.
+            Defaults to 4.
         backend_args (dict, optional): Arguments of the file backend.
             Defaults to None.
     """
@@ -52,14 +55,17 @@ class LoadCAMPseudoLabel(BaseTransform):
     def __init__(self,
                  converter: Optional[dict] = None,
                  num_classes: int = 4,
+                 background_index: int = 4,
                  backend_args: Optional[dict] = None) -> None:
         self.converter = (None if converter is None else CAMToPseudoLabel(
             **converter))
-        label_ids = {} if self.converter is None else dict(
-            background_index=self.converter.background_index,
+        ignore = {} if self.converter is None else dict(
             ignore_index=self.converter.ignore_index)
         self.png_loader = LoadHistoAnnotations(
-            num_classes=num_classes, backend_args=backend_args, **label_ids)
+            num_classes=num_classes,
+            background_index=background_index,
+            backend_args=backend_args,
+            **ignore)
         self.backend_args = backend_args
 
     def _load_cams(self, path: str) -> np.ndarray:
@@ -105,12 +111,8 @@ class LoadCAMPseudoLabel(BaseTransform):
             if results.get('img_labels') is None:
                 raise ValueError(f'{path}: converting CAMs needs img_labels '
                                  f'(put LoadImageLevelLabels first)')
-            label_map = self.converter.convert(
+            results['gt_seg_map'] = self.converter.convert(
                 self._load_cams(path), results['img_labels'], path)
-            results['gt_seg_map'] = to_training_label_map(
-                label_map, self.png_loader.num_classes,
-                self.converter.background_index, self.converter.ignore_index,
-                path)
             results.setdefault('seg_fields', []).append('gt_seg_map')
         else:
             raise ValueError(f'{path}: pseudo labels must be .png, .npy or '

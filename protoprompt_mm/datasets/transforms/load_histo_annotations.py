@@ -8,9 +8,12 @@ from mmseg.datasets.transforms import LoadAnnotations
 from mmseg.registry import TRANSFORMS
 
 
-def check_label_ids(num_classes: int, background_index: int,
-                    ignore_index: int) -> None:
-    """Check that background / ignore ids fit uint8 and are no class ids.
+def check_label_ids(num_classes: int, **label_ids: int) -> None:
+    """Check that non-class ids fit uint8 and are no class ids.
+
+    Args:
+        num_classes (int): Number of classes.
+        **label_ids (int): The ids by name, e.g. ``ignore_index=255``.
 
     Raises:
         ValueError: If an id is outside ``[num_classes, 255]`` or
@@ -18,8 +21,7 @@ def check_label_ids(num_classes: int, background_index: int,
     """
     if num_classes < 1:
         raise ValueError(f'num_classes must be >= 1, got {num_classes}')
-    for name, value in (('background_index', background_index),
-                        ('ignore_index', ignore_index)):
+    for name, value in label_ids.items():
         if not num_classes <= value <= 255:
             raise ValueError(f'{name} must be in [{num_classes}, 255] (not '
                              f'a class id, fits uint8), got {value}')
@@ -104,7 +106,10 @@ class LoadHistoAnnotations(LoadAnnotations):
                  backend_args: Optional[dict] = None) -> None:
         super().__init__(
             backend_args=backend_args, imdecode_backend=imdecode_backend)
-        check_label_ids(num_classes, background_index, ignore_index)
+        check_label_ids(
+            num_classes,
+            background_index=background_index,
+            ignore_index=ignore_index)
         self.num_classes = num_classes
         self.background_index = background_index
         self.ignore_index = ignore_index
