@@ -12,7 +12,8 @@ from mmengine.logging import print_log
 from mmengine.runner import Runner
 
 from mmseg.registry import RUNNERS
-from protoprompt_mm.utils import init_cpu_process_group, load_runner_config
+from protoprompt_mm.utils import (init_cpu_process_group, load_runner_config,
+                                  set_training_start)
 
 
 def parse_args() -> argparse.Namespace:
@@ -22,7 +23,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         '--resume',
         action='store_true',
-        help='resume from the latest checkpoint in the work dir')
+        help='continue the work dir: resume from its last checkpoint '
+        '(load_from is then not used), or, when it has none, start a new '
+        'run from load_from')
     parser.add_argument(
         '--amp', action='store_true', help='mixed-precision training (GPU)')
     parser.add_argument(
@@ -65,7 +68,7 @@ def main() -> None:
                              args.work_dir)
     if args.amp:
         enable_amp(cfg)
-    cfg.resume = args.resume
+    set_training_start(cfg, args.resume)
     backend = cfg.get('env_cfg', {}).get('dist_cfg', {}).get('backend', 'gloo')
     if init_cpu_process_group(args.launcher, backend):
         # CPU DDP: no device_ids; buffers as in mmengine's default wrapper.

@@ -4,6 +4,8 @@ from typing import Optional
 
 from mmengine.config import Config
 from mmengine.config import utils as config_utils
+from mmengine.logging import print_log
+from mmengine.runner import find_latest_checkpoint
 from mmengine.utils import get_installed_path
 
 
@@ -64,3 +66,77 @@ def load_runner_config(path: str,
         cfg.work_dir = osp.join('./work_dirs',
                                 osp.splitext(osp.basename(path))[0])
     return cfg
+
+
+def set_training_start(cfg: Config, resume: bool) -> None:
+    """Set ``cfg.resume`` / ``cfg.load_from`` for ``tools/train.py``.
+
+    mmengine's Runner resumes *from* ``load_from`` when both ``resume`` and
+    ``load_from`` are set, so a stage-2 run that starts from the stage-1
+    weights could not be resumed (the stage-1 optimizer state does not fit).
+    Here ``--resume`` means "continue this work dir": when its
+    ``last_checkpoint`` names a checkpoint the run resumes from that file
+    and ``load_from`` is not used; otherwise it is a new run, started from
+    ``load_from`` when one is set. ``load_from`` is then checked, so that a
+    missing stage-1 checkpoint stops the run before anything is built.
+
+    Args:
+        cfg: The config from :func:`load_runner_config` (``work_dir`` set);
+            changed in place.
+        resume: The ``--resume`` flag.
+
+    Raises:
+        FileNotFoundError: If ``load_from`` names a local file that does not
+            exist.
+        ValueError: If ``load_from`` is an empty string.
+    """
+    load_from = cfg.get('load_from')
+    latest = find_latest_checkpoint(cfg.work_dir) if resume else None
+    if latest:
+        unused = '' if load_from in (None, latest) else \
+            f' (load_from={load_from} is not used)'
+        print_log(f'--resume: resuming from {latest}, the last checkpoint '
+                  f'of the work dir {cfg.work_dir}{unused}', logger='current')
+        cfg.load_from, cfg.resume = latest, True
+        check_load_from(
+            latest, f'{osp.join(cfg.work_dir, "last_checkpoint")} names it: '
+            'restore that file, or delete last_checkpoint to start anew')
+        return
+    if resume:
+        start = 'from scratch' if load_from is None else \
+            f'from load_from={load_from}'
+        print_log(f'--resume: no checkpoint in the work dir {cfg.work_dir} '
+                  f'yet; starting a new run {start}', logger='current')
+    cfg.resume = False
+    check_load_from(
+        load_from, 'for a stage-2 config it is the stage-1 checkpoint: '
+        'train stage 1 first (the file named in its work dir\'s '
+        'last_checkpoint), or set --cfg-options load_from=None to train '
+        'from scratch')
+
+
+def check_load_from(load_from: Optional[str], hint: str) -> None:
+    """Fail early, naming the file, when ``load_from`` cannot be loaded.
+
+    URLs and other ``scheme://`` paths are left to mmengine.
+
+    Args:
+        load_from: The checkpoint, or None (nothing is loaded).
+        hint: What the file is and what to do, appended to the error.
+
+    Raises:
+        FileNotFoundError: If ``load_from`` is a local path that is not a
+            file.
+        ValueError: If ``load_from`` is empty or not a string.
+    """
+    if load_from is None:
+        return
+    if not isinstance(load_from, str) or not load_from.strip():
+        raise ValueError(
+            f'load_from={load_from!r} is not a checkpoint path (did the '
+            f'shell substitution that should give it fail?); {hint}')
+    if '://' in load_from:
+        return
+    if not osp.isfile(osp.expanduser(load_from)):
+        raise FileNotFoundError(
+            f'load_from={load_from} does not exist; {hint}')
