@@ -16,7 +16,8 @@ from PIL import Image
 from protoprompt_mm.datasets import (BCSSWSSSDataset, labels_from_mask,
                                      parse_image_labels)
 from protoprompt_mm.datasets.synthetic_histo import (MIN_CLASS_FRACTION,
-                                                     generate_synthetic_histo)
+                                                     generate_synthetic_histo,
+                                                     slide_stain)
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SMALL = dict(num_train=12, num_val=4, num_test=4, size=64)
@@ -127,3 +128,34 @@ def test_synthetic_config_builds(generated):
         seg = sample.gt_sem_seg.data
         assert sample.metainfo['img_labels'].tolist() == labels_from_mask(
             seg.numpy(), 4).tolist()
+
+
+def test_hard_difficulty_is_reproducible_and_consistent(tmp_path):
+    first, again = str(tmp_path / 'a'), str(tmp_path / 'b')
+    generate_synthetic_histo(first, seed=3, difficulty='hard', **SMALL)
+    generate_synthetic_histo(again, seed=3, difficulty='hard', workers=2,
+                             **SMALL)
+    files = relative_files(first)
+    assert files == relative_files(again)
+    assert all(filecmp.cmp(osp.join(first, f), osp.join(again, f),
+                           shallow=False) for f in files)
+    standard = str(tmp_path / 'standard')
+    generate_synthetic_histo(standard, seed=3, **SMALL)
+    assert not filecmp.cmp(osp.join(first, files[0]),
+                           osp.join(standard, files[0]), shallow=False)
+    for path in glob.glob(osp.join(first, 'training', '*.png')):
+        mask = np.array(Image.open(path.replace('training', 'training_gt')))
+        flags = parse_image_labels(osp.basename(path), 4)
+        assert (labels_from_mask(mask, 4) == flags).all()
+    with pytest.raises(ValueError, match='difficulty'):
+        generate_synthetic_histo(str(tmp_path / 'c'), seed=3,
+                                 difficulty='extreme', **SMALL)
+
+
+def test_slides_have_their_own_stain():
+    same = slide_stain(0, 0, 1)
+    assert np.array_equal(same['vectors'], slide_stain(0, 0, 1)['vectors'])
+    assert not np.allclose(same['vectors'], slide_stain(0, 0, 2)['vectors'])
+    # Val / test slides are not training slides.
+    assert not np.allclose(same['vectors'], slide_stain(0, 1, 1)['vectors'])
+    assert np.allclose(np.linalg.norm(same['vectors'], axis=1), 1.0)

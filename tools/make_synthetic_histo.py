@@ -24,6 +24,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--num-test', type=int, default=60)
     parser.add_argument('--size', type=int, default=224, help='patch side')
     parser.add_argument(
+        '--difficulty',
+        choices=['standard', 'hard'],
+        default='standard',
+        help='hard: per-slide stains, shared textures, small regions, soft '
+        'borders')
+    parser.add_argument(
         '--workers',
         type=int,
         default=1,
@@ -37,9 +43,9 @@ def main() -> None:
     start = time.perf_counter()
     counts = generate_synthetic_histo(args.out, args.seed, args.num_train,
                                       args.num_val, args.num_test, args.size,
-                                      args.workers)
-    print(f'Wrote {counts} patches of {args.size}x{args.size} to {args.out} '
-          f'in {time.perf_counter() - start:.1f} s')
+                                      args.workers, args.difficulty)
+    print(f'Wrote {counts} {args.difficulty} patches of {args.size}x'
+          f'{args.size} to {args.out} in {time.perf_counter() - start:.1f} s')
 
 
 if __name__ == '__main__':

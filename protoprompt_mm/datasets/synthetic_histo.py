@@ -33,7 +33,7 @@ the work is split among processes.
 import os
 import os.path as osp
 from multiprocessing import Pool
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -48,6 +48,15 @@ MASK_PALETTE: List[List[int]] = [
     *BCSSWSSSDataset.METAINFO['palette'], [255, 255, 255]
 ]
 MIN_CLASS_FRACTION = 0.05
+# Generator settings per difficulty. ``standard`` is the default data set;
+# ``hard`` is closer to real H&E: per-slide stains, classes that share
+# texture, smaller regions and soft borders (see :func:`render_patch`).
+DIFFICULTIES: Dict[str, Dict[str, object]] = dict(
+    standard=dict(min_class_fraction=MIN_CLASS_FRACTION,
+                  num_classes_p=(0.3, 0.4, 0.3), cells=(2, 5)),
+    hard=dict(min_class_fraction=0.02, num_classes_p=(0.2, 0.4, 0.4),
+              cells=(3, 7), patches_per_slide=20),
+)
 # Optical density of hematoxylin and eosin per RGB channel (unit vectors).
 _HEMATOXYLIN_OD = np.array([0.5626, 0.7201, 0.4062])
 _EOSIN_OD = np.array([0.2159, 0.8012, 0.5581])
@@ -179,31 +188,41 @@ def _necrosis(rng: np.random.Generator,
 _TEXTURES: Sequence[Texture] = (_tumour, _stroma, _lymphocytes, _necrosis)
 
 
-def sample_layout(rng: np.random.Generator, size: int) -> np.ndarray:
+def sample_layout(rng: np.random.Generator,
+                  size: int,
+                  difficulty: str = 'standard') -> Tuple[np.ndarray,
+                                                         np.ndarray,
+                                                         np.ndarray]:
     """Random region layout of 1-3 classes, possibly with background holes.
 
     Regions are the argmax of smooth random fields with a little
     higher-frequency noise (wavy borders); holes are the top quantile of
     another smooth field. Layouts where a chosen class covers less than
-    :data:`MIN_CLASS_FRACTION` of the patch are re-sampled.
+    the difficulty's minimum fraction of the patch are re-sampled. ``hard``
+    layouts have more, smaller regions (finer fields, 3 classes more often,
+    2% minimum).
 
     Args:
         rng (np.random.Generator): Random generator.
         size (int): Side of the square patch.
+        difficulty (str): A key of :data:`DIFFICULTIES`.
 
     Returns:
-        np.ndarray: uint8 (size, size) mask, values 0-3 and 4 (background).
+        tuple: uint8 (size, size) mask, values 0-3 and 4 (background); the
+        float32 (C, size, size) fields of its C classes, whose argmax are
+        the regions; the (C,) class of each field.
 
     Raises:
         RuntimeError: If no valid layout is found (tiny ``size``).
     """
-    min_pixels = MIN_CLASS_FRACTION * size * size
+    setting = DIFFICULTIES[difficulty]
+    min_pixels = setting['min_class_fraction'] * size * size
     for _ in range(_MAX_LAYOUT_TRIES):
         classes = rng.choice(
             NUM_CLASSES,
-            rng.choice([1, 2, 3], p=[0.3, 0.4, 0.3]),
+            rng.choice([1, 2, 3], p=setting['num_classes_p']),
             replace=False)
-        cells = int(rng.integers(2, 5))
+        cells = int(rng.integers(*setting['cells']))
         fields = np.stack([
             _smooth_field(rng, size, cells) +
             0.15 * _blurred_noise(rng, size, size / 40) for _ in classes
@@ -216,40 +235,109 @@ def sample_layout(rng: np.random.Generator, size: int) -> np.ndarray:
                 = BACKGROUND_INDEX
         counts = np.bincount(mask.ravel(), minlength=NUM_CLASSES + 1)
         if (counts[classes] >= min_pixels).all():
-            return mask
+            return mask, fields, classes
     raise RuntimeError(f'No layout with every class >= '
-                       f'{MIN_CLASS_FRACTION:.0%} of a {size}x{size} patch '
-                       f'after {_MAX_LAYOUT_TRIES} tries')
+                       f"{setting['min_class_fraction']:.0%} of a "
+                       f'{size}x{size} patch after {_MAX_LAYOUT_TRIES} tries')
+
+
+def slide_stain(seed: int, split_id: int, slide: int) -> Dict[str, object]:
+    """The stain of one synthetic slide (``hard`` difficulty).
+
+    Every slide has its own stain vectors, stain amounts and brightness,
+    like a lab or scanner of its own; the patches of a slide share them.
+
+    Args:
+        seed (int): Data-set seed.
+        split_id (int): Index of the split in ``('train', 'val', 'test')``;
+            the splits have different slides.
+        slide (int): Slide index within the split.
+
+    Returns:
+        dict: ``vectors`` (2, 3) unit optical densities of H and E,
+        ``amounts`` (2,) multipliers and ``brightness``.
+    """
+    rng = np.random.default_rng([seed, split_id, slide, 1])
+    vectors = []
+    for reference in (_HEMATOXYLIN_OD, _EOSIN_OD):
+        vector = reference + rng.normal(0.0, 0.12, 3)
+        vectors.append(np.abs(vector) / np.linalg.norm(vector))
+    return dict(
+        vectors=np.stack(vectors),
+        amounts=rng.uniform(0.6, 1.4, 2),
+        brightness=rng.uniform(0.85, 1.04))
 
 
 def render_patch(rng: np.random.Generator,
-                 size: int) -> Tuple[np.ndarray, np.ndarray]:
+                 size: int,
+                 difficulty: str = 'standard',
+                 stain: Optional[Dict[str, object]] = None) -> Tuple[
+                     np.ndarray, np.ndarray]:
     """Draw one synthetic H&E patch and its mask.
+
+    ``standard``: each region shows its class's texture up to a hard
+    border; stain vectors, amounts and brightness are jittered per patch.
+    ``hard`` (see :data:`DIFFICULTIES`): the stain comes from the patch's
+    slide (``stain``, :func:`slide_stain`) with little per-patch jitter;
+    each region's texture is blended with that of another class (weight
+    0.2-0.45, so classes share texture); textures cross-fade over a few
+    pixels at borders (ambiguous borders); regions are smaller.
 
     Args:
         rng (np.random.Generator): Random generator.
         size (int): Side of the square patch.
+        difficulty (str): A key of :data:`DIFFICULTIES`.
+        stain (dict, optional): The slide's stain, required for ``hard``.
 
     Returns:
         tuple[np.ndarray, np.ndarray]: uint8 RGB image (size, size, 3) and
         uint8 mask (size, size) with classes 0-3 and background 4.
     """
-    mask = sample_layout(rng, size)
+    hard = difficulty == 'hard'
+    if hard and stain is None:
+        raise ValueError("render_patch: difficulty='hard' needs the slide's "
+                         'stain (slide_stain)')
+    mask, fields, field_classes = sample_layout(rng, size, difficulty)
+    present = np.flatnonzero(labels_from_mask(mask, NUM_CLASSES))
     hema = np.zeros((size, size), np.float32)
     eosin = np.zeros((size, size), np.float32)
-    for cls in np.flatnonzero(labels_from_mask(mask, NUM_CLASSES)):
+    if hard:
+        # Soft region weights: textures cross-fade over ~3 px at borders.
+        weights = np.exp(12.0 * (fields - fields.max(axis=0)))
+        weights *= (mask != BACKGROUND_INDEX) / weights.sum(axis=0)
+    for cls in present:
         region = mask == cls
         cls_hema, cls_eosin = _TEXTURES[cls](rng, size)
-        hema[region] = cls_hema[region]
-        eosin[region] = cls_eosin[region]
+        if hard:
+            other = int(rng.choice([c for c in range(NUM_CLASSES)
+                                    if c != cls]))
+            mix = rng.uniform(0.2, 0.45)
+            other_hema, other_eosin = _TEXTURES[other](rng, size)
+            cls_hema = (1 - mix) * cls_hema + mix * other_hema
+            cls_eosin = (1 - mix) * cls_eosin + mix * other_eosin
+            weight = weights[list(field_classes).index(cls)]
+            hema += weight * cls_hema
+            eosin += weight * cls_eosin
+        else:
+            hema[region] = cls_hema[region]
+            eosin[region] = cls_eosin[region]
     stains = []
-    for reference, amount in ((_HEMATOXYLIN_OD, hema), (_EOSIN_OD, eosin)):
-        vector = reference + rng.normal(0.0, 0.05, 3)
-        vector /= np.linalg.norm(vector)
+    for i, (reference, amount) in enumerate(
+            ((_HEMATOXYLIN_OD, hema), (_EOSIN_OD, eosin))):
+        if hard:
+            vector = stain['vectors'][i] + rng.normal(0.0, 0.02, 3)
+            vector /= np.linalg.norm(vector)
+            scale = stain['amounts'][i] * rng.uniform(0.95, 1.05)
+        else:
+            vector = reference + rng.normal(0.0, 0.05, 3)
+            vector /= np.linalg.norm(vector)
+            scale = rng.uniform(0.7, 1.3)
         stains.append(
-            np.maximum(amount, 0.0)[..., None] * rng.uniform(0.7, 1.3) *
+            np.maximum(amount, 0.0)[..., None] * scale *
             vector.astype(np.float32))
-    rgb = 255.0 * np.exp(-(stains[0] + stains[1])) * rng.uniform(0.9, 1.04)
+    brightness = stain['brightness'] * rng.uniform(0.98, 1.02) if hard \
+        else rng.uniform(0.9, 1.04)
+    rgb = 255.0 * np.exp(-(stains[0] + stains[1])) * brightness
     rgb = cv2.GaussianBlur(rgb, (0, 0), 0.6)
     rgb += rng.normal(0.0, 2.5, rgb.shape).astype(np.float32)
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8), mask
@@ -284,11 +372,15 @@ def save_palette_mask(path: str,
     image.save(path)
 
 
-def _write_patch(task: Tuple[str, int, int, int, int]) -> None:
+def _write_patch(task: Tuple[str, int, int, int, int, str]) -> None:
     """Render and write patch ``index`` of ``split`` (worker function)."""
-    out_dir, seed, split_id, index, size = task
+    out_dir, seed, split_id, index, size, difficulty = task
     rng = np.random.default_rng([seed, split_id, index])
-    rgb, mask = render_patch(rng, size)
+    stain = None
+    if difficulty == 'hard':
+        slide = index // DIFFICULTIES['hard']['patches_per_slide']
+        stain = slide_stain(seed, split_id, slide)
+    rgb, mask = render_patch(rng, size, difficulty, stain)
     split = _SPLITS[split_id]
     if split == 'train':
         flags = ''.join(map(str, labels_from_mask(mask, NUM_CLASSES)))
@@ -307,7 +399,8 @@ def generate_synthetic_histo(out_dir: str,
                              num_val: int = 60,
                              num_test: int = 60,
                              size: int = 224,
-                             workers: int = 1) -> Dict[str, int]:
+                             workers: int = 1,
+                             difficulty: str = 'standard') -> Dict[str, int]:
     """Write a synthetic data set in the BCSS-WSSS layout.
 
     Args:
@@ -320,6 +413,9 @@ def generate_synthetic_histo(out_dir: str,
         size (int): Patch side in pixels (>= 32). Defaults to 224.
         workers (int): Processes to render with; does not change the
             output. Defaults to 1.
+        difficulty (str): ``'standard'`` or ``'hard'`` (per-slide stains of
+            20 patches each, different slides per split, classes sharing
+            texture, small regions, soft borders; see :func:`render_patch`).
 
     Returns:
         dict[str, int]: Number of patches per split.
@@ -337,6 +433,9 @@ def generate_synthetic_histo(out_dir: str,
         raise ValueError(f'size must be >= 32, got {size}')
     if workers < 1:
         raise ValueError(f'workers must be >= 1, got {workers}')
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f'difficulty must be one of {sorted(DIFFICULTIES)}, '
+                         f'got {difficulty!r}')
     folders = [
         'training', 'training_gt', 'val/img', 'val/mask', 'test/img',
         'test/mask'
@@ -349,7 +448,7 @@ def generate_synthetic_histo(out_dir: str,
                 f'--out so that splits are not mixed')
     for folder in folders:
         os.makedirs(osp.join(out_dir, folder), exist_ok=True)
-    tasks = [(out_dir, seed, split_id, index, size)
+    tasks = [(out_dir, seed, split_id, index, size, difficulty)
              for split_id, split in enumerate(_SPLITS)
              for index in range(counts[split])]
     if workers == 1:
