@@ -24,8 +24,13 @@ demo: venv
 	$(PY) tools/run_pipeline.py --preset demo \
 		--data-root data/synthetic_histo --work-dir work_dirs/demo
 
-# The four ablation variants on the same data and pseudo-masks.
+# The ablation chain (stage-1 + stage-2 pairs: cam, prototypes,
+# prototypes_contrastive, full, fully_supervised), 3 seeds, on synthetic data
+# with 200 val / 200 test patches; resumable (a rerun finishes what is missing).
 ablation: venv
 	$(PY) tools/run_pipeline.py --preset demo \
-		--data-root data/synthetic_histo --work-dir work_dirs/ablation \
-		--variants no_prototypes prototypes_no_contrastive full fully_supervised
+		--data-root data/synthetic_histo_ablation \
+		--work-dir work_dirs/ablation \
+		--synthetic num_val=200 num_test=200 --num-visualize 0 \
+		--seeds 0 1 2 \
+		--variants cam prototypes prototypes_contrastive full fully_supervised

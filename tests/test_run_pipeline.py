@@ -1,4 +1,5 @@
 """tools/run_pipeline.py end to end on a tiny synthetic dataset."""
+import importlib.util
 import json
 import os
 import os.path as osp
@@ -29,12 +30,30 @@ def run_pipeline(data_root, work_dir, *extra):
     return subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
 
 
+S1_PROTO = 'seed0_stage1_protocam_r18_synthetic'
+S1_CAM = 'seed0_stage1_cam_r18_synthetic'
+
+
+def load_run_pipeline():
+    spec = importlib.util.spec_from_file_location(
+        'run_pipeline', osp.join(REPO_ROOT, 'tools', 'run_pipeline.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def reused_steps(stdout):
+    return {
+        line.split(':')[0].split()[-1]
+        for line in stdout.splitlines() if 'reusing' in line
+    }
+
+
 @pytest.fixture(scope='module')
 def pipeline_run(tmp_path_factory):
     root = tmp_path_factory.mktemp('pipeline')
     data_root, work_dir = root / 'data', root / 'work'
-    proc = run_pipeline(data_root, work_dir, '--variants', 'full',
-                        'no_prototypes')
+    proc = run_pipeline(data_root, work_dir, '--variants', 'full', 'cam')
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return data_root, work_dir, proc
 
@@ -43,37 +62,64 @@ def test_results_json_schema(pipeline_run):
     _, work_dir, _ = pipeline_run
     with open(work_dir / 'results.json') as f:
         results = json.load(f)
-    assert set(results) == {'stage1_cam_miou', 'pseudo_mask_miou',
-                            'test_miou', 'test_iou'}
-    assert 0.0 <= results['stage1_cam_miou'] <= 1.0
-    assert 0.0 <= results['pseudo_mask_miou'] <= 1.0
-    assert set(results['test_miou']) == {'full', 'no_prototypes'}
+    scores = ['stage1_cam_miou', 'pseudo_mask_miou',
+              'pseudo_mask_precision_miou', 'pseudo_mask_coverage']
+    assert set(results) == {
+        'seeds', *scores, *(f'{key}_std' for key in scores), 'test_miou',
+        'test_miou_std', 'test_iou', 'test_iou_std', 'variants'
+    }
+    assert results['seeds'] == [0]
+    for key in scores:
+        assert 0.0 <= results[key] <= 1.0
+        assert results[f'{key}_std'] == 0.0  # one seed
+    assert set(results['test_miou']) == {'full', 'cam'}
+    full, cam = results['variants']['full'], results['variants']['cam']
+    assert full['stage1_config'].endswith('stage1_protocam_r18_synthetic.py')
+    assert cam['stage1_config'].endswith('stage1_cam_r18_synthetic.py')
+    assert results['stage1_cam_miou'] == full['stage1_cam_miou']
     for variant, per_class in results['test_iou'].items():
         assert set(per_class) == {'TUM', 'STR', 'LYM', 'NEC'}
         # None: the class is in neither prediction nor ground truth.
         assert all(v is None or 0.0 <= v <= 1.0 for v in per_class.values())
         assert 0.0 <= results['test_miou'][variant] <= 1.0
-    assert 'stage 2: full' in (work_dir / 'results.md').read_text()
+        assert set(results['variants'][variant]['per_seed']) == {'0'}
+    assert '| full |' in (work_dir / 'results.md').read_text()
 
 
 def test_every_step_left_its_output(pipeline_run):
     data_root, work_dir, proc = pipeline_run
     assert (data_root / 'training').is_dir()
-    pseudo = os.listdir(work_dir / 'pseudo_masks')
-    assert sum(name.endswith('.png') for name in pseudo) == 12
-    panels = os.listdir(work_dir / 'full' / 'vis')
+    for stage1 in ('stage1_protocam_r18_synthetic', 'stage1_cam_r18_synthetic'):
+        pseudo = os.listdir(work_dir / 'seed_0' / stage1 / 'pseudo_masks')
+        assert sum(name.endswith('.png') for name in pseudo) == 12
+    panels = os.listdir(work_dir / 'seed_0' / 'full' / 'vis')
     assert sum(name.endswith('_panel.png') for name in panels) == 2
     assert sum(name.endswith('_prototypes.png') for name in panels) == 2
-    assert 'stage 2: no_prototypes' in proc.stdout
+    assert '| cam |' in proc.stdout
 
 
 def test_rerun_reuses_finished_steps(pipeline_run):
     data_root, work_dir, _ = pipeline_run
-    proc = run_pipeline(data_root, work_dir, '--variants', 'full',
-                        'no_prototypes')
+    proc = run_pipeline(data_root, work_dir, '--variants', 'full', 'cam')
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count('reusing') == 9  # every step but `data`
+    assert proc.stdout.count('reusing') == 12  # every step but `data`
     assert 'train.py' not in proc.stdout.replace('reusing', '')
+
+
+def test_variants_share_their_stage1(pipeline_run):
+    data_root, work_dir, _ = pipeline_run
+    proc = run_pipeline(data_root, work_dir, '--variants', 'full',
+                        'prototypes_contrastive', '--num-visualize', '0')
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # Its stage 1 is full's: trained once, reused; only its stage 2 runs.
+    assert reused_steps(proc.stdout) == {
+        f'{S1_PROTO}_train', f'{S1_PROTO}_test', f'{S1_PROTO}_pseudo_masks',
+        'seed0_full_train', 'seed0_full_test'
+    }
+    with open(work_dir / 'results.json') as f:
+        variants = json.load(f)['variants']
+    assert variants['prototypes_contrastive']['pseudo_mask_miou'] == \
+        variants['full']['pseudo_mask_miou']
 
 
 def test_failed_step_is_named(pipeline_run, tmp_path):
@@ -82,7 +128,7 @@ def test_failed_step_is_named(pipeline_run, tmp_path):
                         '--stage1-options',
                         'model.decode_head.type=NoSuchHead')
     assert proc.returncode == 1
-    assert 'step "stage1_train" failed' in proc.stderr
+    assert f'step "{S1_PROTO}_train" failed' in proc.stderr
 
 
 def test_missing_real_dataset_is_an_error(tmp_path):
@@ -100,25 +146,50 @@ def test_pseudo_mask_args_reach_the_generator(pipeline_run, tmp_path):
     work_dir = tmp_path / 'work'
     proc = run_pipeline(data_root, work_dir, '--variants', 'full',
                         '--num-visualize', '0', '--pseudo-mask-args',
-                        '--scales 1.0 --no-flip --bg-thresh 0.05')
+                        '--scales 1.0 --no-flip --fg-thresh 0.3')
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    with open(work_dir / '.steps' / 'pseudo_masks.json') as f:
+    with open(work_dir / '.steps' / f'{S1_PROTO}_pseudo_masks.json') as f:
         cmd = json.load(f)['cmd']
     assert cmd[cmd.index('--scales'):cmd.index('--cfg-options')] == [
-        '--scales', '1.0', '--no-flip', '--bg-thresh', '0.05'
+        '--scales', '1.0', '--no-flip', '--fg-thresh', '0.3'
     ]
-    with open(work_dir / 'pseudo_masks' / 'pseudo_mask_metrics.json') as f:
+    masks = work_dir / 'seed_0' / 'stage1_protocam_r18_synthetic'
+    with open(masks / 'pseudo_masks' / 'pseudo_mask_metrics.json') as f:
         metrics = json.load(f)
     assert metrics['scales'] == [1.0] and metrics['flip'] is False
-    assert metrics['bg_thresh'] == 0.05
+    assert metrics['fg_thresh'] == 0.3
 
     # New pseudo-masks: stage 1 is reused, stage 2 must not be.
     proc = run_pipeline(data_root, work_dir, '--variants', 'full',
                         '--num-visualize', '0', '--pseudo-mask-args',
-                        '--scales 1.0 --no-flip --bg-thresh 0.06')
+                        '--scales 1.0 --no-flip --fg-thresh 0.35')
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    reused = {
-        line.split(':')[0].split()[-1]
-        for line in proc.stdout.splitlines() if 'reusing' in line
-    }
-    assert reused == {'stage1_train', 'stage1_test'}
+    assert reused_steps(proc.stdout) == {f'{S1_PROTO}_train',
+                                         f'{S1_PROTO}_test'}
+
+
+def test_aggregate_means_and_sample_stds_over_seeds():
+    pipeline = load_run_pipeline()
+    classes = ['A', 'B']
+
+    def scores(miou, iou_b, pseudo=0.5):
+        return dict(stage1_cam_miou=miou, stage1_cam_iou=dict(A=miou, B=None),
+                    pseudo_mask_miou=pseudo, pseudo_mask_precision_miou=0.9,
+                    pseudo_mask_coverage=0.8, test_miou=miou,
+                    test_iou=dict(A=miou, B=iou_b))
+
+    variants = dict(full=pipeline.Variant('s1.py', 's2.py'))
+    results = pipeline.aggregate(
+        {0: dict(full=scores(0.6, None)), 1: dict(full=scores(0.8, 0.5)),
+         2: dict(full=scores(0.7, 0.7))}, variants, classes)
+    full = results['variants']['full']
+    assert full['test_miou'] == pytest.approx(0.7)
+    assert full['test_miou_std'] == pytest.approx(0.1)  # sample std
+    assert full['test_iou']['B'] == pytest.approx(0.6)  # None left out
+    assert full['stage1_cam_iou']['B'] is None
+    assert results['test_miou_std'] == {'full': full['test_miou_std']}
+    assert results['pseudo_mask_miou'] == 0.5
+    assert results['pseudo_mask_miou_std'] == 0.0
+    assert set(full['per_seed']) == {'0', '1', '2'}
+    table = pipeline.format_results_table(results, classes)
+    assert '| full | 70.00 ± 10.00 |' in table

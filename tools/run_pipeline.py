@@ -1,18 +1,24 @@
 """The whole WSSS pipeline in one command, through the project's own tools.
 
     python tools/run_pipeline.py --data-root DIR --work-dir W \
-        [--preset demo|bcss-wsss|luad-histoseg] [--variants full ...]
+        [--preset demo|bcss-wsss|luad-histoseg] [--variants full ...] \
+        [--seeds 0 1 2]
 
-Steps (each a subprocess of a script in ``tools/``, with mmengine's logs):
-synthetic data (``demo`` preset, when DIR is missing) -> stage-1 CAM
-training -> stage-1 test (CAM mIoU) -> pseudo-masks of the training split
-(and their mIoU where ground truth exists) -> per variant: stage-2 training
-on the pseudo-masks, starting from the stage-1 weights, and test -> overlay
-pictures -> ``W/results.json`` and ``W/results.md``. A step that finished
-before with the same command, after the same runs of the steps it depends
-on, is reused (its marker ``W/.steps/<name>.json`` records both); a step
-that re-runs makes the steps that use its output re-run too. A failed step
-stops the run with the step named.
+A variant is a stage-1 + stage-2 pair. Steps (each a subprocess of a script
+in ``tools/``, with mmengine's logs): synthetic data (``demo`` preset, when
+DIR is missing) -> per seed, per stage-1 config the variants use: stage-1
+CAM training -> stage-1 test (CAM mIoU, gated by predicted labels) ->
+pseudo-masks of the training split (and their scores where ground truth
+exists) -> per variant: stage-2 training on its stage 1's pseudo-masks,
+starting from the stage-1 weights, and test -> overlay pictures ->
+``W/results.json`` (fractions in [0, 1]; mean and sample std over the
+seeds) and ``W/results.md`` (percentages). A stage-1 run shared by several
+variants is trained once per seed. Outputs of seed s are in ``W/seed_<s>/``.
+A step that finished before with the same command, after the same runs of
+the steps it depends on, is reused (its marker ``W/.steps/<name>.json``
+records both); a step that re-runs makes the steps that use its output
+re-run too, so an interrupted run finishes what is missing when started
+again. A failed step stops the run with the step named.
 """
 import argparse
 import glob
@@ -21,6 +27,7 @@ import math
 import os
 import os.path as osp
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -34,19 +41,32 @@ ABLATION_DIR = osp.join(CONFIG_DIR, 'ablations')
 
 
 @dataclass
+class Variant:
+    """A stage-1 + stage-2 pair.
+
+    Attributes:
+        stage1: Stage-1 (CAM) config; stage 2 starts from its weights.
+        stage2: Stage-2 config.
+        pseudo_masks: Stage 2 trains on the stage-1 pseudo-masks; False:
+            on the ground-truth training masks (its config reads them).
+    """
+    stage1: str
+    stage2: str
+    pseudo_masks: bool = True
+
+
+@dataclass
 class Preset:
     """What the pipeline runs for one dataset.
 
     Attributes:
-        stage1: Stage-1 (CAM) config.
-        variants: Variant name -> stage-2 config.
+        variants: Variant name -> stage-1 + stage-2 pair.
         default_variants: Variants run when ``--variants`` is not given.
         classes: Class names, in label order.
         synthetic: Generate synthetic data when the data root is missing.
         stage1_options / stage2_options: ``--cfg-options`` of the preset.
     """
-    stage1: str
-    variants: Dict[str, str]
+    variants: Dict[str, Variant]
     default_variants: List[str]
     classes: List[str]
     synthetic: bool = False
@@ -54,26 +74,33 @@ class Preset:
     stage2_options: List[str] = field(default_factory=list)
 
 
+def _ablations(dataset: str) -> Dict[str, Variant]:
+    """The ablation chain: what each component of the method buys."""
+    cam = osp.join(CONFIG_DIR, f'stage1_cam_r18_{dataset}.py')
+    protocam = osp.join(CONFIG_DIR, f'stage1_protocam_r18_{dataset}.py')
+    protocam_no_contrast = osp.join(
+        ABLATION_DIR, f'stage1_protocam-no-contrastive_r18_{dataset}.py')
+    plain = osp.join(ABLATION_DIR, f'plain-fcn_r18_{dataset}.py')
+    return {
+        'cam': Variant(cam, plain),
+        'prototypes': Variant(protocam_no_contrast, plain),
+        'prototypes_contrastive': Variant(protocam, plain),
+        'full': Variant(protocam, _full_config(dataset)),
+        'fully_supervised': Variant(
+            protocam,
+            osp.join(ABLATION_DIR, f'fully-supervised_r18_{dataset}.py'),
+            pseudo_masks=False),
+    }
+
+
 def _full_config(dataset: str) -> str:
     return osp.join(CONFIG_DIR, f'protoprompt_r18_{dataset}.py')
 
 
-def _ablations(dataset: str) -> Dict[str, str]:
-    return {
-        'full': _full_config(dataset),
-        'no_prototypes': osp.join(ABLATION_DIR,
-                                  f'no-prototypes_r18_{dataset}.py'),
-        'prototypes_no_contrastive': osp.join(
-            ABLATION_DIR, f'prototypes-no-contrastive_r18_{dataset}.py'),
-        'fully_supervised': osp.join(ABLATION_DIR,
-                                     f'fully-supervised_r18_{dataset}.py'),
-    }
-
-
 def _real_data_preset(dataset: str, classes: List[str]) -> Preset:
+    stage1 = osp.join(CONFIG_DIR, f'stage1_protocam_r18_{dataset}.py')
     return Preset(
-        stage1=osp.join(CONFIG_DIR, f'stage1_protocam_r18_{dataset}.py'),
-        variants={'full': _full_config(dataset)},
+        variants={'full': Variant(stage1, _full_config(dataset))},
         default_variants=['full'],
         classes=classes)
 
@@ -81,7 +108,6 @@ def _real_data_preset(dataset: str, classes: List[str]) -> Preset:
 BCSS_CLASSES = ['TUM', 'STR', 'LYM', 'NEC']
 PRESETS = {
     'demo': Preset(
-        stage1=osp.join(CONFIG_DIR, 'stage1_protocam_r18_synthetic.py'),
         variants=_ablations('synthetic'),
         default_variants=['full'],
         classes=BCSS_CLASSES,
@@ -90,7 +116,11 @@ PRESETS = {
     'luad-histoseg': _real_data_preset('luad-histoseg',
                                        ['TE', 'NEC', 'LYM', 'TAS']),
 }
-SYNTHETIC_DEFAULTS = dict(num_train=400, num_val=60, num_test=60, size=224)
+SYNTHETIC_DEFAULTS = dict(
+    num_train=400, num_val=60, num_test=60, size=224, difficulty='standard')
+# What the pipeline reports per variant and seed (fractions in [0, 1]).
+SCORES = ('stage1_cam_miou', 'pseudo_mask_miou', 'pseudo_mask_precision_miou',
+          'pseudo_mask_coverage', 'test_miou')
 
 
 class PipelineError(RuntimeError):
@@ -106,8 +136,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--preset', choices=sorted(PRESETS), default='demo')
     parser.add_argument(
         '--variants', nargs='+',
-        help='stage-2 variants (names of the preset, or config paths)')
-    parser.add_argument('--seed', type=int, default=0)
+        help='variants (names of the preset, or stage-2 config paths, which '
+        "then start from the stage 1 of the preset's full variant)")
+    parser.add_argument('--seeds', type=int, nargs='+', default=[0],
+                        help='training seeds; each runs the whole chain')
+    parser.add_argument('--data-seed', type=int, default=0,
+                        help='seed of the generated synthetic data')
     parser.add_argument('--stage1-options', nargs='*', default=[],
                         help='extra --cfg-options for stage 1 (k=v ...)')
     parser.add_argument('--stage2-options', nargs='*', default=[],
@@ -115,13 +149,21 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         '--pseudo-mask-args', default='',
         help='extra arguments of generate_pseudo_masks.py, one string, e.g. '
-        '"--scales 1.0 --no-flip --bg-thresh 0.05 --fg-thresh 0.05"')
+        '"--scales 1.0 --no-flip --fg-thresh 0.2"')
     parser.add_argument('--synthetic', nargs='*', default=[],
                         help='generator settings when data is generated, '
-                        'e.g. num_train=200 size=160')
+                        'e.g. num_train=200 size=160 difficulty=hard')
     parser.add_argument('--num-visualize', type=int, default=4,
                         help='test patches drawn as overlay panels')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if len(set(args.seeds)) != len(args.seeds):
+        parser.error(f'--seeds must be distinct, got {args.seeds}')
+    return args
+
+
+def config_name(config: str) -> str:
+    """A config's file name without ``.py``: the name of its runs."""
+    return osp.splitext(osp.basename(config))[0]
 
 
 class Pipeline:
@@ -134,6 +176,10 @@ class Pipeline:
         self.work_dir = osp.abspath(args.work_dir)
         self.marker_dir = osp.join(self.work_dir, '.steps')
         os.makedirs(self.marker_dir, exist_ok=True)
+        self.variants = {
+            name: self.variant(name)
+            for name in args.variants or self.preset.default_variants
+        }
 
     # ------------------------------------------------------------ running
     def marker_path(self, name: str) -> str:
@@ -192,10 +238,19 @@ class Pipeline:
     def tool(self, script: str, *args: str) -> List[str]:
         return [sys.executable, osp.join(REPO_ROOT, 'tools', script), *args]
 
-    def data_options(self, with_val: bool = True) -> List[str]:
+    def data_options(self) -> List[str]:
         loaders = ['train_dataloader', 'val_dataloader', 'test_dataloader']
         return [f'{loader}.dataset.data_root={self.data_root}'
-                for loader in loaders if with_val or loader.startswith('tr')]
+                for loader in loaders]
+
+    def variant(self, name: str) -> Variant:
+        if name in self.preset.variants:
+            return self.preset.variants[name]
+        if osp.isfile(name) and 'full' in self.preset.variants:
+            return Variant(self.preset.variants['full'].stage1, name)
+        raise PipelineError(
+            f'unknown variant {name!r}: expected one of '
+            f'{sorted(self.preset.variants)} or a stage-2 config file')
 
     # -------------------------------------------------------------- steps
     def ensure_data(self) -> None:
@@ -212,134 +267,161 @@ class Pipeline:
                 raise PipelineError(
                     f'--synthetic {item}: unknown key, expected one of '
                     f'{sorted(settings)}')
-            settings[key] = int(value)
+            try:
+                settings[key] = type(settings[key])(value)
+            except ValueError:
+                raise PipelineError(
+                    f'--synthetic {item}: {key} must be a '
+                    f'{type(settings[key]).__name__}') from None
         cmd = self.tool('make_synthetic_histo.py', '--out', self.data_root,
-                        '--seed', str(self.args.seed))
+                        '--seed', str(self.args.data_seed))
         for key, value in settings.items():
             cmd += [f'--{key.replace("_", "-")}', str(value)]
         self.run_step('data', cmd, [osp.join(self.data_root, 'training')])
 
-    def train(self,
-              name: str,
-              config: str,
-              options: List[str],
-              after: Sequence[str] = ('data', )) -> str:
-        work = osp.join(self.work_dir, name)
+    def train(self, step: str, work: str, config: str, options: List[str],
+              seed: int, after: Sequence[str] = ('data', )) -> str:
         cmd = self.tool('train.py', config, '--work-dir', work,
-                        '--cfg-options', f'randomness.seed={self.args.seed}',
-                        *options)
-        self.run_step(f'{name}_train', cmd,
+                        '--cfg-options', f'randomness.seed={seed}', *options)
+        self.run_step(f'{step}_train', cmd,
                       [osp.join(work, 'last_checkpoint')], after)
         with open(osp.join(work, 'last_checkpoint')) as f:
             return f.read().strip()
 
-    def test(self, name: str, config: str, checkpoint: str,
+    def test(self, step: str, work: str, config: str, checkpoint: str,
              options: List[str]) -> Dict[str, float]:
-        work = osp.join(self.work_dir, name, 'test')
-        cmd = self.tool('test.py', config, checkpoint, '--work-dir', work,
+        out = osp.join(work, 'test')
+        cmd = self.tool('test.py', config, checkpoint, '--work-dir', out,
                         '--cfg-options', *options)
-        self.run_step(f'{name}_test', cmd, [work], [f'{name}_train'])
-        return read_test_metrics(work)
+        self.run_step(f'{step}_test', cmd, [out], [f'{step}_train'])
+        return read_test_metrics(out)
 
-    def pseudo_masks(self, config: str, checkpoint: str,
-                     options: List[str]) -> Optional[float]:
-        out = osp.join(self.work_dir, 'pseudo_masks')
+    def pseudo_masks(self, step: str, work: str, config: str,
+                     checkpoint: str, options: List[str]) -> dict:
+        out = osp.join(work, 'pseudo_masks')
         cmd = self.tool('generate_pseudo_masks.py', config, checkpoint,
                         '--out', out, '--force',
                         *shlex.split(self.args.pseudo_mask_args),
                         '--cfg-options', *options)
-        self.run_step('pseudo_masks', cmd, [out], ['stage1_train'])
+        self.run_step(f'{step}_pseudo_masks', cmd, [out], [f'{step}_train'])
         metrics_file = osp.join(out, 'pseudo_mask_metrics.json')
         if not osp.isfile(metrics_file):
-            return None
+            return {}
         with open(metrics_file) as f:
-            return round(float(json.load(f)['mIoU']), 4)
+            return json.load(f)
 
-    def visualize(self, name: str, config: str, checkpoint: str,
-                  options: List[str], stage1: Optional[str] = None) -> None:
-        out = osp.join(self.work_dir, name, 'vis')
+    def visualize(self, step: str, work: str, config: str, checkpoint: str,
+                  options: List[str], stage1: Sequence[str],
+                  stage1_step: str) -> None:
+        out = osp.join(work, 'vis')
         cmd = self.tool('visualize.py', config, checkpoint, '--out', out,
-                        '--num', str(self.args.num_visualize))
-        after = [f'{name}_train']
-        if stage1 is not None:
-            cmd += ['--cam-config', stage1[0], '--cam-checkpoint', stage1[1]]
-            after.append('stage1_train')
-        cmd += ['--cfg-options', *options]
-        self.run_step(f'{name}_visualize', cmd, [out], after)
+                        '--num', str(self.args.num_visualize),
+                        '--cam-config', stage1[0], '--cam-checkpoint',
+                        stage1[1], '--cfg-options', *options)
+        self.run_step(f'{step}_visualize', cmd, [out],
+                      [f'{step}_train', f'{stage1_step}_train'])
 
-    def variant_config(self, variant: str) -> str:
-        if variant in self.preset.variants:
-            return self.preset.variants[variant]
-        if osp.isfile(variant):
-            return variant
-        raise PipelineError(
-            f'unknown variant {variant!r}: expected one of '
-            f'{sorted(self.preset.variants)} or a config file')
-
-    def stage2_options(self, variant: str) -> List[str]:
+    def stage2_options(self, variant: Variant,
+                       pseudo_dir: str) -> List[str]:
         options = [*self.data_options()]
-        if variant == 'fully_supervised':
+        if variant.pseudo_masks:
+            options.append(
+                f'train_dataloader.dataset.pseudo_mask_dir={pseudo_dir}')
+        else:
             # Its config reads <data_root>/training_gt instead.
             gt_dir = osp.join(self.data_root, 'training_gt')
             if not osp.isdir(gt_dir):
                 raise PipelineError(
-                    'step "fully_supervised" failed: it trains on '
+                    f'step "{variant.stage2}" failed: it trains on '
                     f'ground-truth training masks, expected in {gt_dir}')
-        else:
-            masks = osp.join(self.work_dir, 'pseudo_masks')
-            options.append(f'train_dataloader.dataset.pseudo_mask_dir={masks}')
         return options + self.preset.stage2_options + self.args.stage2_options
+
+    def run_stage1(self, config: str, seed: int) -> dict:
+        """Train, test and label with one stage-1 config for one seed."""
+        step = f'seed{seed}_{config_name(config)}'
+        work = osp.join(self.work_dir, f'seed_{seed}', config_name(config))
+        options = [*self.data_options(), *self.preset.stage1_options,
+                   *self.args.stage1_options]
+        ckpt = self.train(step, work, config, options, seed)
+        cam = self.test(step, work, config, ckpt, options)
+        pseudo = self.pseudo_masks(step, work, config, ckpt, options)
+        return dict(
+            step=step,
+            checkpoint=ckpt,
+            pseudo_dir=osp.join(work, 'pseudo_masks'),
+            scores=dict(
+                stage1_cam_miou=fraction(cam['mIoU']),
+                stage1_cam_iou={
+                    cls: fraction(cam.get(f'IoU.{cls}'))
+                    for cls in self.preset.classes
+                },
+                pseudo_mask_miou=pseudo.get('mIoU'),
+                pseudo_mask_precision_miou=pseudo.get('precision_mIoU'),
+                pseudo_mask_coverage=pseudo.get('coverage')))
+
+    def run_seed(self, seed: int) -> Dict[str, dict]:
+        """Every variant for one seed: variant -> its scores."""
+        stage1 = {}
+        scores = {}
+        for name, variant in self.variants.items():
+            if variant.stage1 not in stage1:
+                stage1[variant.stage1] = self.run_stage1(variant.stage1, seed)
+            first = stage1[variant.stage1]
+            step = f'seed{seed}_{name}'
+            work = osp.join(self.work_dir, f'seed_{seed}', name)
+            options = self.stage2_options(variant, first['pseudo_dir'])
+            after = ['data', f'{first["step"]}_train']
+            if variant.pseudo_masks:
+                after.append(f'{first["step"]}_pseudo_masks')
+            # Stage 2 starts from the stage-1 weights (the backbone, and
+            # whatever else has the same names and shapes).
+            ckpt = self.train(step, work, variant.stage2,
+                              options + [f'load_from={first["checkpoint"]}'],
+                              seed, after)
+            metrics = self.test(step, work, variant.stage2, ckpt, options)
+            if variant.pseudo_masks:
+                scores[name] = dict(first['scores'])
+            else:  # no stage-1 output is used
+                scores[name] = {key: None for key in first['scores']}
+            scores[name].update(
+                test_miou=fraction(metrics['mIoU']),
+                test_iou={
+                    cls: fraction(metrics[f'IoU.{cls}'])
+                    for cls in self.preset.classes
+                })
+            if self.args.num_visualize > 0:
+                self.visualize(step, work, variant.stage2, ckpt, options,
+                               (variant.stage1, first['checkpoint']),
+                               first['step'])
+        return scores
 
     def run(self) -> dict:
         self.ensure_data()
-        stage1_opts = [*self.data_options(), *self.preset.stage1_options,
-                       *self.args.stage1_options]
-        ckpt1 = self.train('stage1', self.preset.stage1, stage1_opts)
-        cam = self.test('stage1', self.preset.stage1, ckpt1, stage1_opts)
-        pseudo_miou = self.pseudo_masks(self.preset.stage1, ckpt1,
-                                        stage1_opts)
-        results = dict(
-            stage1_cam_miou=fraction(cam['mIoU']),
-            pseudo_mask_miou=pseudo_miou,
-            test_miou={},
-            test_iou={})
-        variants = self.args.variants or self.preset.default_variants
-        for variant in variants:
-            config = self.variant_config(variant)
-            name = osp.splitext(osp.basename(variant))[0]
-            options = self.stage2_options(variant)
-            # Stage 2 starts from the stage-1 weights (backbone, and the
-            # PrototypeBank with its learned prototypes where both have one).
-            ckpt = self.train(
-                name,
-                config,
-                options + [f'load_from={ckpt1}'],
-                after=('data', 'stage1_train', 'pseudo_masks'))
-            metrics = self.test(name, config, ckpt, options)
-            results['test_miou'][name] = fraction(metrics['mIoU'])
-            results['test_iou'][name] = {
-                cls: fraction(metrics[f'IoU.{cls}'])
-                for cls in self.preset.classes
-            }
-            if self.args.num_visualize > 0:
-                self.visualize(name, config, ckpt, options,
-                               stage1=(self.preset.stage1, ckpt1))
-        self.write_results(results, cam)
+        per_seed = {seed: self.run_seed(seed) for seed in self.args.seeds}
+        results = aggregate(per_seed, self.variants, self.preset.classes)
+        self.write_results(results)
         return results
 
-    def write_results(self, results: dict, cam: Dict[str, float]) -> None:
+    def write_results(self, results: dict) -> None:
         with open(osp.join(self.work_dir, 'results.json'), 'w') as f:
             json.dump(results, f, indent=2)
-        table = format_results_table(results, self.preset.classes, cam)
-        header = (f'# Results: preset {self.args.preset}, data '
-                  f'{self.data_root}\n\nAll numbers measured on this run '
-                  f'({time.strftime("%Y-%m-%d")}); IoU in %.\n\n')
+        table = format_results_table(results, self.preset.classes)
+        header = (
+            f'# Results: preset {self.args.preset}, data {self.data_root}\n'
+            f'\nAll numbers measured on this run '
+            f'({time.strftime("%Y-%m-%d")}), seeds {self.args.seeds}: '
+            'mean ± sample std over the seeds, IoU in %. Stage-1 CAMs and '
+            'final masks on the test split (CAMs gated by predicted labels); '
+            'pseudo-masks on the training split against its hidden masks: '
+            'mIoU over all ground-truth tissue pixels (unlabelled = miss), '
+            'precision mIoU over the labelled pixels, coverage = labelled '
+            'fraction of the tissue.\n\n')
         with open(osp.join(self.work_dir, 'results.md'), 'w') as f:
             f.write(header + table + '\n')
         print(table, flush=True)
 
 
-def fraction(percent: float) -> Optional[float]:
+def fraction(percent: Optional[float]) -> Optional[float]:
     """A percentage from mmseg's metrics as a 0-1 fraction.
 
     IoU of a class absent from both prediction and ground truth is NaN in
@@ -348,6 +430,55 @@ def fraction(percent: float) -> Optional[float]:
     if percent is None or math.isnan(percent):
         return None
     return round(percent / 100, 4)
+
+
+def mean_std(values: Sequence[Optional[float]]) -> tuple:
+    """Mean and sample standard deviation (0 for one value) of the values
+    that are not None; (None, None) when there are none."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return round(statistics.fmean(values), 4), round(std, 4)
+
+
+def aggregate(per_seed: Dict[int, Dict[str, dict]],
+              variants: Dict[str, Variant], classes: List[str]) -> dict:
+    """``results.json``: every score as mean and ``*_std`` over the seeds.
+
+    The top-level ``stage1_cam_miou`` and ``pseudo_mask_*`` are those of the
+    primary variant (``full`` when run, else the first); ``test_miou`` /
+    ``test_iou`` map every variant to its means, ``*_std`` to its stds, and
+    ``variants`` holds each variant's configs, scores and per-seed values.
+    """
+    seeds = sorted(per_seed)
+    summary = {}
+    for name, variant in variants.items():
+        runs = [per_seed[seed][name] for seed in seeds]
+        entry = dict(stage1_config=variant.stage1,
+                     stage2_config=variant.stage2)
+        for key in SCORES:
+            entry[key], entry[f'{key}_std'] = mean_std(
+                [run[key] for run in runs])
+        for key in ('stage1_cam_iou', 'test_iou'):
+            stats = {
+                cls: mean_std([run[key][cls] for run in runs])
+                for cls in classes
+            }
+            entry[key] = {cls: stat[0] for cls, stat in stats.items()}
+            entry[f'{key}_std'] = {cls: stat[1] for cls, stat in stats.items()}
+        entry['per_seed'] = {str(seed): per_seed[seed][name] for seed in seeds}
+        summary[name] = entry
+    primary = summary['full'] if 'full' in summary else next(
+        iter(summary.values()))
+    results = dict(seeds=seeds)
+    for key in SCORES[:-1]:
+        results[key] = primary[key]
+        results[f'{key}_std'] = primary[f'{key}_std']
+    for key in ('test_miou', 'test_miou_std', 'test_iou', 'test_iou_std'):
+        results[key] = {name: entry[key] for name, entry in summary.items()}
+    results['variants'] = summary
+    return results
 
 
 def read_test_metrics(work_dir: str) -> Dict[str, float]:
@@ -361,32 +492,34 @@ def read_test_metrics(work_dir: str) -> Dict[str, float]:
     raise PipelineError(f'no test metrics (mIoU) found under {work_dir}')
 
 
-def format_results_table(results: dict, classes: List[str],
-                         cam: Dict[str, float]) -> str:
-    """Markdown table of the pipeline's numbers (IoU in %)."""
+def format_results_table(results: dict, classes: List[str]) -> str:
+    """Markdown table of the pipeline's numbers (mean ± std, IoU in %)."""
 
-    def pct(value: Optional[float]) -> str:
-        return '-' if value is None else f'{100 * value:.2f}'
+    def pct(value: Optional[float], std: Optional[float]) -> str:
+        if value is None:
+            return '-'
+        return f'{100 * value:.2f}' if not std else \
+            f'{100 * value:.2f} ± {100 * std:.2f}'
 
     lines = [
-        '| what | split | mIoU | ' + ' | '.join(classes) + ' |',
-        '|---|---|---|' + '---|' * len(classes),
-        '| stage-1 CAM | test | ' + pct(results['stage1_cam_miou']) + ' | ' +
-        ' | '.join(pct(fraction(cam.get(f'IoU.{c}'))) for c in classes) +
-        ' |',
-        '| pseudo-masks | train | ' + pct(results['pseudo_mask_miou']) +
-        ' |' + ' |' * len(classes),
+        '| variant | stage-1 CAM mIoU (test) | pseudo-mask mIoU (train) | '
+        'pseudo-mask precision mIoU | coverage | final mIoU (test) | ' +
+        ' | '.join(classes) + ' |',
+        '|---|---|---|---|---|---|' + '---|' * len(classes),
     ]
-    for name, miou in results['test_miou'].items():
-        per_class = results['test_iou'][name]
-        lines.append(f'| stage 2: {name} | test | {pct(miou)} | ' +
-                     ' | '.join(pct(per_class[c]) for c in classes) + ' |')
+    for name, entry in results['variants'].items():
+        cells = [pct(entry[key], entry[f'{key}_std']) for key in SCORES]
+        cells += [
+            pct(entry['test_iou'][cls], entry['test_iou_std'][cls])
+            for cls in classes
+        ]
+        lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = parse_args(argv)
     try:
+        args = parse_args(argv)
         Pipeline(args).run()
     except PipelineError as err:
         print(f'[pipeline] {err}', file=sys.stderr, flush=True)

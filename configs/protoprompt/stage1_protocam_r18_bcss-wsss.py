@@ -1,5 +1,5 @@
 # Stage 1, prototype CAMs, on BCSS-WSSS (data/BCSS-WSSS):
-# ResNet-18 + learned PrototypeBank + PrototypeCAMHead trained with
+# ResNet-18 + PBIP multi-level prototype CAMs (protocam_r18.py) trained with
 # image-level labels only.
 # Validation / test score the CAMs (gated by predicted labels) with mIoU.
 # Pseudo-masks for stage 2 (protoprompt_r18_bcss-wsss.py):

@@ -1,5 +1,7 @@
-# Stage 1, prototype CAMs, on the synthetic H&E data: ResNet-18 + learned
-# PrototypeBank + PrototypeCAMHead trained with image-level labels only.
+# Stage 1, prototype CAMs as PBIP builds them, on the synthetic H&E data:
+# ResNet-18 + MultiLevelPrototypeCAMHead (protocam_r18.py: frozen image-bank
+# sub-prototypes, CAMs at 4 stages, mask-guided contrastive loss) trained with
+# image-level labels only.
 # Validation scores the CAMs (gated by predicted labels) with mIoU.
 # Pseudo-masks for stage 2 (configs/protoprompt/protoprompt_r18_synthetic.py):
 #   python tools/generate_pseudo_masks.py \

@@ -447,8 +447,11 @@ def build_prototype_bank(model: nn.Module,
         num_classes: N.
         num_prototypes: K.
         max_images_per_class: Cap of images per class.
-        encoder: Optional frozen segmentor with its own backbone and
-            PrototypeBank; its ``embed_dim`` must equal ``model``'s.
+        encoder: Optional frozen segmentor whose backbone embeds the images
+            (e.g. a trained stage-1 checkpoint). For a PrototypeBank model
+            it needs its own PrototypeBank with the same ``embed_dim``; for
+            a prototype CAM head, the model's head reads the encoder's
+            backbone level (its channels must be D).
         num_iters: k-means iterations.
         seed: k-means seed.
         tissue_threshold: White level of the tissue mask (uint8 scale).
@@ -463,7 +466,12 @@ def build_prototype_bank(model: nn.Module,
     """
     bank = find_prototype_bank(model)
     embedder = unwrap_model(model if encoder is None else encoder)
-    embed_bank = find_prototype_bank(embedder)
+    if encoder is not None and isinstance(bank, PrototypeBank):
+        embed_bank = find_prototype_bank(embedder)
+    else:
+        # A prototype CAM head's embed has no weights of its own: it reads
+        # a backbone level, so any encoder's backbone feeds it.
+        embed_bank = bank
     if embed_bank.embed_dim != bank.embed_dim:
         raise ValueError(
             f'encoder prototype embed_dim={embed_bank.embed_dim} does not '

@@ -4,6 +4,9 @@ _base_ = './resnet18_v1c.py'
 num_classes = 4
 model = dict(
     type='CAMSegmentor',
+    # Last stage at stride 16 (dilated), as PBIP's MiT-B1 strides 4/2/2/1:
+    # 14 x 14 CAMs at 224 instead of 7 x 7, for about 6% more time per step.
+    backbone=dict(strides=(1, 2, 2, 1), dilations=(1, 1, 1, 2)),
     decode_head=dict(
         type='CAMHead',
         # CAMs of stages 3 and 4, fused with these weights (also the weights

@@ -56,6 +56,11 @@ class MultiLevelPrototypeCAMHead(BaseCAMHead):
             D (PBIP: 0.5).
         init_scale: Initial CAM scale of every level (PBIP: 1 / 0.07).
         learn_prototypes: Learn the prototypes instead of freezing them.
+        center_prototypes: Subtract the mean of all N x K prototypes before
+            the projections. Image-bank features of a backbone without
+            pretraining are nearly parallel (cosine 0.94-0.999 between
+            classes on the synthetic data), which starves the MLPs of the
+            differences; PBIP's MedCLIP features need no centring (False).
         merge_train: Sub-prototype merge in training (``MERGE_MODES``).
         merge_test: Sub-prototype merge in eval mode.
         loss_contrast: Optional config of a loss called as ``loss(feats (B,
@@ -80,6 +85,7 @@ class MultiLevelPrototypeCAMHead(BaseCAMHead):
                  hidden_ratio: float = 0.5,
                  init_scale: float = 1 / 0.07,
                  learn_prototypes: bool = False,
+                 center_prototypes: bool = True,
                  merge_train: str = 'mean',
                  merge_test: str = 'softmax',
                  loss_contrast: Optional[dict] = None,
@@ -121,6 +127,7 @@ class MultiLevelPrototypeCAMHead(BaseCAMHead):
         self.contrast_level = contrast_level
         self.init_prototypes = init_prototypes
         self.learn_prototypes = learn_prototypes
+        self.center_prototypes = center_prototypes
 
         init = F.normalize(
             torch.randn(num_classes, num_prototypes, self.embed_dim), dim=-1)
@@ -185,10 +192,15 @@ class MultiLevelPrototypeCAMHead(BaseCAMHead):
     def projected_prototypes(self) -> List[Tensor]:
         """The shared prototypes projected into every level's channels.
 
+        With ``center_prototypes``, the MLPs see the prototypes minus their
+        mean over all N x K, re-normalised.
+
         Returns:
             list[Tensor]: Per level, (N, K, C_l).
         """
         flat = self.prototypes.reshape(-1, self.embed_dim)
+        if self.center_prototypes:
+            flat = F.normalize(flat - flat.mean(dim=0), dim=1)
         shape = self.prototypes.shape[:2]
         return [proj(flat).view(*shape, -1) for proj in self.projections]
 
