@@ -168,6 +168,27 @@ def test_pseudo_mask_args_reach_the_generator(pipeline_run, tmp_path):
                                          f'{S1_PROTO}_test'}
 
 
+def test_ablation_preset_embeds_prototypes_with_the_cam_stage1(
+        pipeline_run):
+    data_root, work_dir, _ = pipeline_run
+    proc = run_pipeline(data_root, work_dir, '--preset', 'ablation',
+                        '--variants', 'cam', 'full', '--num-visualize', '0')
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(work_dir / '.steps' / f'{S1_PROTO}_train.json') as f:
+        marker = json.load(f)
+    with open(work_dir / 'seed_0' / 'stage1_cam_r18_synthetic' /
+              'last_checkpoint') as f:
+        cam_ckpt = f.read().strip()
+    assert f'custom_hooks.0.encoder.checkpoint={cam_ckpt}' in marker['cmd']
+    assert f'{S1_CAM}_train' in marker['upstream']
+    # The plain-CAM stage 1 and its variant are reused; the prototype
+    # stage 1 (new command) and what follows re-run.
+    assert reused_steps(proc.stdout) == {
+        f'{S1_CAM}_train', f'{S1_CAM}_test', f'{S1_CAM}_pseudo_masks',
+        'seed0_cam_train', 'seed0_cam_test'
+    }
+
+
 def test_aggregate_means_and_sample_stds_over_seeds():
     pipeline = load_run_pipeline()
     classes = ['A', 'B']

@@ -65,11 +65,16 @@ class Preset:
         classes: Class names, in label order.
         synthetic: Generate synthetic data when the data root is missing.
         stage1_options / stage2_options: ``--cfg-options`` of the preset.
+        prototype_encoders: Stage-1 config -> the stage-1 config whose
+            trained checkpoint embeds its image bank (``PrototypeInitHook``
+            encoder, the hook being its first ``custom_hooks`` entry), as
+            PBIP takes its prototypes from a separately trained encoder.
     """
     variants: Dict[str, Variant]
     default_variants: List[str]
     classes: List[str]
     synthetic: bool = False
+    prototype_encoders: Dict[str, str] = field(default_factory=dict)
     stage1_options: List[str] = field(default_factory=list)
     stage2_options: List[str] = field(default_factory=list)
 
@@ -93,6 +98,17 @@ def _ablations(dataset: str) -> Dict[str, Variant]:
     }
 
 
+def _prototype_encoders(dataset: str) -> Dict[str, str]:
+    """Without pretrained weights, the prototype stage 1 embeds its image
+    bank with the trained plain-CAM stage 1 (PBIP: a frozen MedCLIP)."""
+    cam = osp.join(CONFIG_DIR, f'stage1_cam_r18_{dataset}.py')
+    return {
+        osp.join(CONFIG_DIR, f'stage1_protocam_r18_{dataset}.py'): cam,
+        osp.join(ABLATION_DIR,
+                 f'stage1_protocam-no-contrastive_r18_{dataset}.py'): cam,
+    }
+
+
 def _full_config(dataset: str) -> str:
     return osp.join(CONFIG_DIR, f'protoprompt_r18_{dataset}.py')
 
@@ -107,11 +123,21 @@ def _real_data_preset(dataset: str, classes: List[str]) -> Preset:
 
 BCSS_CLASSES = ['TUM', 'STR', 'LYM', 'NEC']
 PRESETS = {
+    # make demo: the full variant only, its prototypes embedded by its own
+    # (untrained) backbone, to stay under 10 minutes.
     'demo': Preset(
         variants=_ablations('synthetic'),
         default_variants=['full'],
         classes=BCSS_CLASSES,
         synthetic=True),
+    # make ablation: every variant; the prototype stage 1s take their image
+    # bank from the trained plain-CAM stage 1 of the same seed.
+    'ablation': Preset(
+        variants=_ablations('synthetic'),
+        default_variants=list(_ablations('synthetic')),
+        classes=BCSS_CLASSES,
+        synthetic=True,
+        prototype_encoders=_prototype_encoders('synthetic')),
     'bcss-wsss': _real_data_preset('bcss-wsss', BCSS_CLASSES),
     'luad-histoseg': _real_data_preset('luad-histoseg',
                                        ['TE', 'NEC', 'LYM', 'TAS']),
@@ -143,16 +169,21 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--data-seed', type=int, default=0,
                         help='seed of the generated synthetic data')
     parser.add_argument('--stage1-options', nargs='*', default=[],
+                        action='extend',
                         help='extra --cfg-options for stage 1 (k=v ...)')
     parser.add_argument('--stage2-options', nargs='*', default=[],
+                        action='extend',
                         help='extra --cfg-options for every stage-2 variant')
     parser.add_argument(
         '--pseudo-mask-args', default='',
         help='extra arguments of generate_pseudo_masks.py, one string, e.g. '
         '"--scales 1.0 --no-flip --fg-thresh 0.2"')
     parser.add_argument('--synthetic', nargs='*', default=[],
+                        action='extend',
                         help='generator settings when data is generated, '
-                        'e.g. num_train=200 size=160 difficulty=hard')
+                        'e.g. num_train=200 size=160 difficulty=hard (a '
+                        'repeated flag adds to the list; so do --stage*-'
+                        'options)')
     parser.add_argument('--num-visualize', type=int, default=4,
                         help='test patches drawn as overlay panels')
     args = parser.parse_args(argv)
@@ -336,16 +367,38 @@ class Pipeline:
                     f'ground-truth training masks, expected in {gt_dir}')
         return options + self.preset.stage2_options + self.args.stage2_options
 
-    def run_stage1(self, config: str, seed: int) -> dict:
-        """Train, test and label with one stage-1 config for one seed."""
+    def run_stage1(self, config: str, seed: int, done: Dict[str, dict]) -> dict:
+        """Train, test and label with one stage-1 config for one seed.
+
+        Args:
+            config: The stage-1 config.
+            seed: Training seed.
+            done: Stage-1 runs of this seed so far (config -> result);
+                updated. A config with a prototype encoder in the preset
+                runs that encoder's stage 1 first.
+
+        Returns:
+            dict: ``step``, ``checkpoint``, ``pseudo_dir`` and ``scores``.
+        """
+        if config in done:
+            return done[config]
         step = f'seed{seed}_{config_name(config)}'
         work = osp.join(self.work_dir, f'seed_{seed}', config_name(config))
         options = [*self.data_options(), *self.preset.stage1_options,
                    *self.args.stage1_options]
-        ckpt = self.train(step, work, config, options, seed)
+        after = ['data']
+        encoder = self.preset.prototype_encoders.get(config)
+        if encoder is not None:
+            first = self.run_stage1(encoder, seed, done)
+            options += [
+                f'custom_hooks.0.encoder.config={encoder}',
+                f'custom_hooks.0.encoder.checkpoint={first["checkpoint"]}'
+            ]
+            after.append(f'{first["step"]}_train')
+        ckpt = self.train(step, work, config, options, seed, after)
         cam = self.test(step, work, config, ckpt, options)
         pseudo = self.pseudo_masks(step, work, config, ckpt, options)
-        return dict(
+        done[config] = dict(
             step=step,
             checkpoint=ckpt,
             pseudo_dir=osp.join(work, 'pseudo_masks'),
@@ -358,15 +411,14 @@ class Pipeline:
                 pseudo_mask_miou=pseudo.get('mIoU'),
                 pseudo_mask_precision_miou=pseudo.get('precision_mIoU'),
                 pseudo_mask_coverage=pseudo.get('coverage')))
+        return done[config]
 
     def run_seed(self, seed: int) -> Dict[str, dict]:
         """Every variant for one seed: variant -> its scores."""
         stage1 = {}
         scores = {}
         for name, variant in self.variants.items():
-            if variant.stage1 not in stage1:
-                stage1[variant.stage1] = self.run_stage1(variant.stage1, seed)
-            first = stage1[variant.stage1]
+            first = self.run_stage1(variant.stage1, seed, stage1)
             step = f'seed{seed}_{name}'
             work = osp.join(self.work_dir, f'seed_{seed}', name)
             options = self.stage2_options(variant, first['pseudo_dir'])

@@ -18,3 +18,9 @@ train_cfg = dict(max_iters=300, val_interval=150)
 default_hooks = dict(checkpoint=dict(interval=300))
 # val_evaluator / test_evaluator: the dataset base's mIoU (TissueIoUMetric,
 # per-class IoU included) of the CAMs; GT background is 255, so ignored.
+# Chosen on the synthetic val split (seed 0, 300 iterations, val CAM mIoU):
+# PBIP's background term of the contrastive loss pulls the low-CAM tissue of
+# a single-label patch towards the other classes; without it 77.84, with it
+# 75.50 (plain CAM 76.65). PBIP's default (bg_weight=1) stays in the model
+# base and the real-data configs.
+model = dict(decode_head=dict(loss_contrast=dict(bg_weight=0.0)))

@@ -40,8 +40,11 @@ class MaskGuidedContrastiveLoss(nn.Module):
         temperature: Softmax temperature (PBIP: 0.07).
         alpha: Foreground threshold as a fraction of the CAM's maximum
             (PBIP: 0.5).
+        bg_weight: Weight of the background term (PBIP: 1); 0 keeps the
+            foreground term only.
         loss_weight: Multiplier (PBIP: 0.1).
-        reduction: ``'none'`` (per selected pair, ``l_fg + l_bg``),
+        reduction: ``'none'`` (per selected pair, ``l_fg + bg_weight *
+            l_bg``),
             ``'mean'`` or ``'sum'`` over the pairs.
         loss_name: Key of the loss; must start with ``loss_``.
     """
@@ -49,6 +52,7 @@ class MaskGuidedContrastiveLoss(nn.Module):
     def __init__(self,
                  temperature: float = 0.07,
                  alpha: float = 0.5,
+                 bg_weight: float = 1.0,
                  loss_weight: float = 0.1,
                  reduction: str = 'mean',
                  loss_name: str = 'loss_mask_contrast') -> None:
@@ -62,6 +66,7 @@ class MaskGuidedContrastiveLoss(nn.Module):
                 f'1 are required, got {temperature}, {alpha}')
         self.temperature = temperature
         self.alpha = alpha
+        self.bg_weight = bg_weight
         self.loss_weight = loss_weight
         self.reduction = reduction
         self._loss_name = loss_name
@@ -100,12 +105,12 @@ class MaskGuidedContrastiveLoss(nn.Module):
             cams = sub_cams[pairs].float().clamp(min=0)  # (P, h, w)
             act = cams / (cams.flatten(1).amax(dim=1)[:, None, None] + 1e-5)
             mask = (act >= self.alpha).to(act.dtype)
-            fg_weight = (act * mask).flatten(1)
-            bg_weight = ((1 - act) * (1 - mask)).flatten(1)
+            fg_pixels = (act * mask).flatten(1)
+            bg_pixels = ((1 - act) * (1 - mask)).flatten(1)
             pixels = feats[pairs[0]].float().flatten(2)  # (P, C, h*w)
-            fg = F.normalize(torch.einsum('pcx,px->pc', pixels, fg_weight),
+            fg = F.normalize(torch.einsum('pcx,px->pc', pixels, fg_pixels),
                              dim=1)
-            bg = F.normalize(torch.einsum('pcx,px->pc', pixels, bg_weight),
+            bg = F.normalize(torch.einsum('pcx,px->pc', pixels, bg_pixels),
                              dim=1)
             protos = F.normalize(prototypes.float(), dim=-1).flatten(0, 1)
             own = pairs[1] * num_k + pairs[2]  # (P,) flat index of (n, k)
@@ -121,7 +126,8 @@ class MaskGuidedContrastiveLoss(nn.Module):
             own_logit = bg_logits.gather(1, own[:, None])[:, 0]
             loss_bg = torch.logaddexp(mean_other, own_logit) - mean_other
             # One class alone has no other class to pull the background to.
-            loss = loss_fg + loss_bg if num_cls > 1 else loss_fg
+            loss = loss_fg + self.bg_weight * loss_bg if num_cls > 1 \
+                else loss_fg
         if self.reduction != 'none':
             if loss.numel() == 0:
                 loss = sub_cams.sum() * 0 + feats.sum() * 0
