@@ -24,9 +24,8 @@ def tiny(path, **test_cfg):
     """The config's model with a small ResNet (fast on the CPU)."""
     model = copy.deepcopy(load_config(path).model)
     model.backbone.update(stem_channels=8, base_channels=8)
-    if model.get('neck') is not None:
-        model.neck.update(in_channels=[8, 16, 32, 64], embed_dim=16,
-                          num_prototypes=2)
+    if model.decode_head.type == 'MultiLevelPrototypeCAMHead':
+        model.decode_head.update(in_channels=[8, 16, 32, 64])
     else:
         model.decode_head.update(in_channels=[32, 64])
     model.test_cfg.update(test_cfg)
@@ -293,7 +292,9 @@ def test_bad_configs_are_refused():
         tiny(CAM_CFG, cls_tresh=0.4)
     with pytest.raises(ValueError, match='whole'):
         tiny(CAM_CFG, mode='slide')
-    cfg = copy.deepcopy(load_config(PROTOCAM_CFG).model)
-    cfg.neck.update_mode = 'momentum'
+    cfg = copy.deepcopy(load_config(CAM_CFG).model)
+    cfg.neck = dict(type='PrototypeBank', in_channels=[64, 128, 256, 512],
+                    num_classes=N, update_mode='momentum')
+    cfg.decode_head = dict(type='PrototypeCAMHead', num_classes=N)
     with pytest.raises(ValueError, match="update_mode='learned'"):
         MODELS.build(cfg)

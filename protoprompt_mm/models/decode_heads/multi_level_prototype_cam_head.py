@@ -7,13 +7,12 @@ import torch.nn.functional as F
 from mmseg.registry import MODELS
 from torch import Tensor
 
-from ..necks.prototype_bank import load_prototype_file
-from ..utils import MERGE_MODES, checked_prototypes, merge_sub_prototypes
+from ..utils import MERGE_MODES, PrototypeStateMixin, merge_sub_prototypes
 from .base_cam_head import BaseCAMHead
 
 
 @MODELS.register_module()
-class MultiLevelPrototypeCAMHead(BaseCAMHead):
+class MultiLevelPrototypeCAMHead(PrototypeStateMixin, BaseCAMHead):
     """CAMs as scaled cosine similarity to class sub-prototypes, per level.
 
     The head of PBIP's stage 1 (Tang et al., CVPR 2025). It holds one shared
@@ -129,12 +128,8 @@ class MultiLevelPrototypeCAMHead(BaseCAMHead):
         self.learn_prototypes = learn_prototypes
         self.center_prototypes = center_prototypes
 
-        init = F.normalize(
-            torch.randn(num_classes, num_prototypes, self.embed_dim), dim=-1)
-        if learn_prototypes:
-            self.prototypes = nn.Parameter(init)
-        else:
-            self.register_buffer('prototypes', init)
+        self.register_prototypes(num_classes, num_prototypes, self.embed_dim,
+                                 learn_prototypes)
         hidden = max(1, int(self.embed_dim * hidden_ratio))
         self.projections = nn.ModuleList([
             nn.Sequential(
@@ -146,23 +141,6 @@ class MultiLevelPrototypeCAMHead(BaseCAMHead):
             else MODELS.build(loss_contrast)
 
     # ------------------------------------------------------------ prototypes
-    def init_weights(self) -> None:
-        """Initialise layers, then load ``init_prototypes`` if given."""
-        super().init_weights()
-        if self.init_prototypes is not None:
-            self.load_prototypes(load_prototype_file(self.init_prototypes))
-
-    @torch.no_grad()
-    def load_prototypes(self, prototypes: Tensor) -> None:
-        """Replace the prototypes (e.g. by image-bank k-means centres).
-
-        Args:
-            prototypes: (N, K, D); normalised here.
-        """
-        self.prototypes.data.copy_(
-            checked_prototypes(prototypes, self.prototypes.shape,
-                               type(self).__name__))
-
     def embed(self, inputs: Sequence[Tensor]) -> Tensor:
         """Map images' backbone features into the prototype space.
 

@@ -1,6 +1,7 @@
 """Necks: the prototype bank and the features it hands to heads."""
 from .prompted_features import PromptedFeatures, as_prompted_features
-from .prototype_bank import PrototypeBank, load_prototype_file
+from ..utils.prototype_state import load_prototype_file
+from .prototype_bank import PrototypeBank
 
 __all__ = [
     'PromptedFeatures', 'as_prompted_features', 'PrototypeBank',

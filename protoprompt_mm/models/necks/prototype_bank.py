@@ -11,36 +11,14 @@ from mmseg.models.utils import resize
 from mmseg.registry import MODELS
 from torch import Tensor
 
-from ..utils.sub_prototypes import checked_prototypes
+from ..utils.prototype_state import PrototypeStateMixin
 from .prompted_features import PromptedFeatures
 
 UPDATE_MODES = ('learned', 'momentum')
 
 
-def load_prototype_file(path: str) -> Tensor:
-    """Read prototypes saved by ``tools/build_prototype_bank.py``.
-
-    Args:
-        path: A ``.pth`` file holding a (N, K, D) tensor or a dict with the
-            key ``'prototypes'``.
-
-    Returns:
-        Tensor: The prototypes (N, K, D), on the CPU.
-    """
-    obj = torch.load(path, map_location='cpu', weights_only=True)
-    if isinstance(obj, dict):
-        if 'prototypes' not in obj:
-            raise KeyError(f'{path}: expected a tensor or a dict with key '
-                           f"'prototypes', got keys {sorted(obj)}")
-        obj = obj['prototypes']
-    if not isinstance(obj, Tensor) or obj.dim() != 3:
-        raise ValueError(f'{path}: expected prototypes of shape (N, K, D), '
-                         f'got {getattr(obj, "shape", type(obj))}')
-    return obj.float()
-
-
 @MODELS.register_module()
-class PrototypeBank(BaseModule):
+class PrototypeBank(PrototypeStateMixin, BaseModule):
     """Neck that holds K prototypes per class and prompts features with them.
 
     Every selected backbone level is projected to a D-dim space, the levels
@@ -119,30 +97,9 @@ class PrototypeBank(BaseModule):
         ])
         self.embed_proj = nn.Conv2d(embed_dim, embed_dim, 1)
 
-        init = F.normalize(
-            torch.randn(num_classes, num_prototypes, embed_dim), dim=-1)
-        if update_mode == 'learned':
-            self.prototypes = nn.Parameter(init)
-        else:
-            self.register_buffer('prototypes', init)
+        self.register_prototypes(num_classes, num_prototypes, embed_dim,
+                                 learned=update_mode == 'learned')
         self.register_buffer('num_updates', torch.zeros((), dtype=torch.long))
-
-    def init_weights(self) -> None:
-        """Initialise layers, then load ``init_prototypes`` if given."""
-        super().init_weights()
-        if self.init_prototypes is not None:
-            self.load_prototypes(load_prototype_file(self.init_prototypes))
-
-    @torch.no_grad()
-    def load_prototypes(self, prototypes: Tensor) -> None:
-        """Replace the prototypes (e.g. by k-means centres).
-
-        Args:
-            prototypes: (N, K, D); normalised here.
-        """
-        self.prototypes.data.copy_(
-            checked_prototypes(prototypes, self.prototypes.shape,
-                               'PrototypeBank'))
 
     def normalized_prototypes(self) -> Tensor:
         """Unit-length prototypes (N, K, D)."""

@@ -2,11 +2,13 @@
 from .cam_utils import (fuse_cams, gate_cams, gated_argmax, labels_from_probs,
                         normalize_cams, stack_img_labels)
 from .cosine_kmeans import cosine_kmeans
-from .sub_prototypes import (MERGE_MODES, checked_prototypes,
-                             merge_sub_prototypes)
+from .prototype_state import (PrototypeStateMixin, checked_prototypes,
+                              load_prototype_file)
+from .sub_prototypes import MERGE_MODES, merge_sub_prototypes
 
 __all__ = [
     'cosine_kmeans', 'normalize_cams', 'fuse_cams', 'labels_from_probs',
     'gate_cams', 'gated_argmax', 'stack_img_labels', 'MERGE_MODES',
-    'checked_prototypes', 'merge_sub_prototypes'
+    'checked_prototypes', 'merge_sub_prototypes', 'PrototypeStateMixin',
+    'load_prototype_file'
 ]

@@ -1,8 +1,4 @@
-"""Sub-prototype helpers: merging K responses, checking loaded prototypes."""
-from typing import Tuple
-
-import torch
-import torch.nn.functional as F
+"""Merging the K sub-prototype responses of a class into one."""
 from torch import Tensor
 
 MERGE_MODES = ('mean', 'max', 'softmax')
@@ -34,28 +30,3 @@ def merge_sub_prototypes(values: Tensor, mode: str, dim: int = 2) -> Tensor:
     raise ValueError(
         f'merge mode must be one of {MERGE_MODES}, got {mode!r}')
 
-
-def checked_prototypes(prototypes: Tensor, expected: Tuple[int, int, int],
-                       owner: str) -> Tensor:
-    """Validate prototypes that replace a module's own, and normalise them.
-
-    Args:
-        prototypes: New prototypes (N, K, D).
-        expected: The (N, K, D) shape the module holds.
-        owner: Name used in the error messages.
-
-    Returns:
-        Tensor: Unit-length float prototypes (N, K, D).
-
-    Raises:
-        ValueError: On another shape or a non-finite value.
-    """
-    if tuple(prototypes.shape) != tuple(expected):
-        raise ValueError(
-            f'{owner}.load_prototypes: expected shape (num_classes, '
-            f'num_prototypes, embed_dim) = {tuple(expected)}, got '
-            f'{tuple(prototypes.shape)}')
-    if not torch.isfinite(prototypes).all():
-        raise ValueError(
-            f'{owner}.load_prototypes: prototypes contain NaN or Inf')
-    return F.normalize(prototypes.float(), dim=-1)
