@@ -199,16 +199,24 @@ def test_aggregate_means_and_sample_stds_over_seeds():
                     pseudo_mask_coverage=0.8, test_miou=miou,
                     test_iou=dict(A=miou, B=iou_b))
 
-    variants = dict(full=pipeline.Variant('s1.py', 's2.py'))
+    variants = dict(full=pipeline.Variant('s1.py', 's2.py'),
+                    gt=pipeline.Variant('s1.py', 's2.py', pseudo_masks=False))
+    # What run_seed reports for a variant that uses no stage-1 output.
+    unused = dict({key: None for key in pipeline.SCORES},
+                  stage1_cam_iou=dict(A=None, B=None), test_miou=0.9,
+                  test_iou=dict(A=0.9, B=0.9))
     results = pipeline.aggregate(
-        {0: dict(full=scores(0.6, None)), 1: dict(full=scores(0.8, 0.5)),
-         2: dict(full=scores(0.7, 0.7))}, variants, classes)
+        {0: dict(full=scores(0.6, None), gt=unused),
+         1: dict(full=scores(0.8, 0.5), gt=unused),
+         2: dict(full=scores(0.7, 0.7), gt=unused)}, variants, classes)
+    gt = results['variants']['gt']
+    assert gt['stage1_cam_miou'] is None and gt['test_miou'] == 0.9
     full = results['variants']['full']
     assert full['test_miou'] == pytest.approx(0.7)
     assert full['test_miou_std'] == pytest.approx(0.1)  # sample std
     assert full['test_iou']['B'] == pytest.approx(0.6)  # None left out
     assert full['stage1_cam_iou']['B'] is None
-    assert results['test_miou_std'] == {'full': full['test_miou_std']}
+    assert results['test_miou_std']['full'] == full['test_miou_std']
     assert results['pseudo_mask_miou'] == 0.5
     assert results['pseudo_mask_miou_std'] == 0.0
     assert set(full['per_seed']) == {'0', '1', '2'}

@@ -434,7 +434,9 @@ class Pipeline:
             if variant.pseudo_masks:
                 scores[name] = dict(first['scores'])
             else:  # no stage-1 output is used
-                scores[name] = {key: None for key in first['scores']}
+                scores[name] = {key: None for key in SCORES}
+                scores[name]['stage1_cam_iou'] = dict.fromkeys(
+                    self.preset.classes)
             scores[name].update(
                 test_miou=fraction(metrics['mIoU']),
                 test_iou={
