@@ -91,6 +91,32 @@ class BaseCAMHead(BaseModule, metaclass=ABCMeta):
             ``scores``, class logits (B, L, N).
         """
 
+    def level_feature(self, inputs: Sequence[Tensor], index: int,
+                      channels: int) -> Tensor:
+        """Feature level ``index`` of ``inputs``, checked.
+
+        Args:
+            inputs: Feature levels.
+            index: The level's index in ``inputs``.
+            channels: Channels the level must have.
+
+        Returns:
+            Tensor: The level (B, channels, h, w).
+
+        Raises:
+            ValueError: If the level is missing or has another shape.
+        """
+        name = type(self).__name__
+        if not -len(inputs) <= index < len(inputs):
+            raise ValueError(f'{name}: in_index {index} is out of range '
+                             f'for {len(inputs)} feature levels')
+        feat = inputs[index]
+        if feat.dim() != 4 or feat.shape[1] != channels:
+            raise ValueError(
+                f'{name}: level {index} must be (B, {channels}, h, w), '
+                f'got {tuple(feat.shape)}')
+        return feat
+
     def pool(self, cams: Tensor) -> Tensor:
         """Pool CAMs into class scores (top-k mean over the pixels).
 

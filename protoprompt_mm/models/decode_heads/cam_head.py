@@ -61,18 +61,10 @@ class CAMHead(BaseCAMHead):
             ValueError: If a selected level is missing or has the wrong
                 number of channels.
         """
-        cams = []
-        for index, channels, classifier in zip(self.in_index,
-                                               self.in_channels,
-                                               self.classifiers):
-            if not -len(inputs) <= index < len(inputs):
-                raise ValueError(f'CAMHead: in_index {index} is out of range '
-                                 f'for {len(inputs)} feature levels')
-            feat = inputs[index]
-            if feat.dim() != 4 or feat.shape[1] != channels:
-                raise ValueError(
-                    f'CAMHead: level {index} must be (B, {channels}, h, w), '
-                    f'got {tuple(feat.shape)}')
-            cams.append(classifier(feat))
+        cams = [
+            classifier(self.level_feature(inputs, index, channels))
+            for index, channels, classifier in zip(
+                self.in_index, self.in_channels, self.classifiers)
+        ]
         scores = torch.stack([self.pool(cam) for cam in cams], dim=1)
         return cams, scores

@@ -202,15 +202,7 @@ class MultiLevelPrototypeCAMHead(PrototypeStateMixin, BaseCAMHead):
         cams = []
         for pos, (index, channels) in enumerate(
                 zip(self.in_index, self.in_channels)):
-            if not -len(inputs) <= index < len(inputs):
-                raise ValueError(
-                    f'MultiLevelPrototypeCAMHead: in_index {index} is out '
-                    f'of range for {len(inputs)} feature levels')
-            feat = inputs[index]
-            if feat.dim() != 4 or feat.shape[1] != channels:
-                raise ValueError(
-                    f'MultiLevelPrototypeCAMHead: level {index} must be (B, '
-                    f'{channels}, h, w), got {tuple(feat.shape)}')
+            feat = self.level_feature(inputs, index, channels)
             # fp32 even under autocast: the cosine times ~14 in half types.
             with torch.autocast(device_type=feat.device.type, enabled=False):
                 cos = torch.einsum('bchw,nkc->bnkhw',
@@ -232,6 +224,23 @@ class MultiLevelPrototypeCAMHead(PrototypeStateMixin, BaseCAMHead):
         batch, num_cls, num_k = cams.shape[:3]
         return self.pool(cams.flatten(1, 2)).view(batch, num_cls, num_k)
 
+    def merged_scores(self, sub_cams: Sequence[Tensor],
+                      mode: str) -> Tuple[List[Tensor], Tensor]:
+        """Sub-prototype scores of every level and their merge.
+
+        Args:
+            sub_cams: Per level, (B, N, K, h_l, w_l).
+            mode: A merge mode (``MERGE_MODES``).
+
+        Returns:
+            tuple: Per-level sub-prototype scores (B, N, K) and the merged
+            class logits (B, L, N).
+        """
+        sub_scores = [self.sub_prototype_scores(cam) for cam in sub_cams]
+        scores = torch.stack(
+            [merge_sub_prototypes(score, mode) for score in sub_scores], dim=1)
+        return sub_scores, scores
+
     def forward(self, inputs: Sequence[Tensor]) -> Tuple[List[Tensor], Tensor]:
         """Class CAMs and scores, sub-prototypes merged.
 
@@ -246,11 +255,7 @@ class MultiLevelPrototypeCAMHead(PrototypeStateMixin, BaseCAMHead):
         sub_cams, _ = self.sub_prototype_cams(inputs)
         mode = self.merge_train if self.training else self.merge_test
         cams = [merge_sub_prototypes(cam, mode) for cam in sub_cams]
-        scores = torch.stack([
-            merge_sub_prototypes(self.sub_prototype_scores(cam), mode)
-            for cam in sub_cams
-        ], dim=1)
-        return cams, scores
+        return cams, self.merged_scores(sub_cams, mode)[1]
 
     def loss(self, inputs: Sequence[Tensor],
              img_labels: Tensor) -> Dict[str, Tensor]:
@@ -266,11 +271,7 @@ class MultiLevelPrototypeCAMHead(PrototypeStateMixin, BaseCAMHead):
             under its ``loss_name``.
         """
         sub_cams, prototypes = self.sub_prototype_cams(inputs)
-        sub_scores = [self.sub_prototype_scores(cam) for cam in sub_cams]
-        scores = torch.stack([
-            merge_sub_prototypes(score, self.merge_train)
-            for score in sub_scores
-        ], dim=1)
+        sub_scores, scores = self.merged_scores(sub_cams, self.merge_train)
         losses = self.loss_by_scores(scores, img_labels)
         if self.loss_contrast is not None:
             level = self.contrast_level
