@@ -367,6 +367,13 @@ class Pipeline:
                     f'ground-truth training masks, expected in {gt_dir}')
         return options + self.preset.stage2_options + self.args.stage2_options
 
+    def class_ious(self, metrics: Dict[str, float]) -> Dict[str, float]:
+        """Per-class IoU of a test run's metrics, as fractions."""
+        return {
+            cls: fraction(metrics[f'IoU.{cls}'])
+            for cls in self.preset.classes
+        }
+
     def run_stage1(self, config: str, seed: int, done: Dict[str, dict]) -> dict:
         """Train, test and label with one stage-1 config for one seed.
 
@@ -404,10 +411,7 @@ class Pipeline:
             pseudo_dir=osp.join(work, 'pseudo_masks'),
             scores=dict(
                 stage1_cam_miou=fraction(cam['mIoU']),
-                stage1_cam_iou={
-                    cls: fraction(cam.get(f'IoU.{cls}'))
-                    for cls in self.preset.classes
-                },
+                stage1_cam_iou=self.class_ious(cam),
                 pseudo_mask_miou=pseudo.get('mIoU'),
                 pseudo_mask_precision_miou=pseudo.get('precision_mIoU'),
                 pseudo_mask_coverage=pseudo.get('coverage')))
@@ -439,10 +443,7 @@ class Pipeline:
                     self.preset.classes)
             scores[name].update(
                 test_miou=fraction(metrics['mIoU']),
-                test_iou={
-                    cls: fraction(metrics[f'IoU.{cls}'])
-                    for cls in self.preset.classes
-                })
+                test_iou=self.class_ious(metrics))
             if self.args.num_visualize > 0:
                 self.visualize(step, work, variant.stage2, ckpt, options,
                                (variant.stage1, first['checkpoint']),
