@@ -205,8 +205,10 @@ def test_real_data_configs_build(tmp_path, config, dataset_cls, names,
     names = make_layout(tmp_path, names=names)
     cfg = Config.fromfile(
         osp.join(REPO_ROOT, 'configs', '_base_', 'datasets', config))
-    assert cfg.val_evaluator == dict(type='TissueIoUMetric',
-                                     iou_metrics=['mIoU'])
+    assert cfg.val_evaluator == dict(
+        type='TissueIoUMetric',
+        iou_metrics=['mIoU', 'mDice', 'FwIoU'],
+        extra_protocols=['background_as_error'])
     for key in ('train_dataloader', 'train_dataloader_pseudo',
                 'val_dataloader', 'test_dataloader'):
         cfg[key].dataset.data_root = str(tmp_path)
@@ -223,5 +225,6 @@ def test_real_data_configs_build(tmp_path, config, dataset_cls, names,
     val = DATASETS.build(cfg.val_dataloader.dataset)
     val_sample = val[0]['data_samples']
     assert val_sample.metainfo['img_labels'].tolist() == [1, 1, 1, 0]
-    assert set(val_sample.gt_sem_seg.data.unique().tolist()) == {0, 1, 2, 255}
+    # Val / test keep GT background (4) for the background_as_error protocol.
+    assert set(val_sample.gt_sem_seg.data.unique().tolist()) == {0, 1, 2, 4}
     assert len(DATASETS.build(cfg.test_dataloader.dataset)) == 1

@@ -36,6 +36,18 @@ def test_palette_mask_background_to_ignore(tmp_path):
     assert results['seg_fields'] == ['gt_seg_map']
 
 
+def test_keep_background_keeps_it_apart_from_ignore(tmp_path):
+    path = tmp_path / 'm.png'
+    save_palette_mask(str(path), np.array([[0, 4, 255, 3]], np.uint8))
+    loader = LoadHistoAnnotations(keep_background=True)
+    assert loader(mask_results(path))['gt_seg_map'].tolist() == [[0, 4, 255,
+                                                                   3]]
+    assert 'keep_background=True' in repr(loader)
+    save_palette_mask(str(path), np.array([[4, 5]], np.uint8))
+    with pytest.raises(ValueError, match=r'unexpected values \[5\]'):
+        loader(mask_results(path))
+
+
 def test_pseudo_mask_png_with_ignore(tmp_path):
     path = tmp_path / 'pseudo.png'
     save_palette_mask(str(path), np.array([[255, 4, 0]], np.uint8))

@@ -25,6 +25,7 @@ seg_meta_keys = ('img_path', 'seg_map_path', 'ori_shape', 'img_shape',
 augmentations = [
     dict(type='RandomFlip', prob=0.5, direction='horizontal'),
     dict(type='RandomFlip', prob=0.5, direction='vertical'),
+    dict(type='RandomRotate90', prob=0.5),
     dict(
         type='PhotoMetricDistortion',
         brightness_delta=16,
@@ -45,9 +46,14 @@ train_pipeline_pseudo = [
     *augmentations,
     dict(type='PackSegInputs', meta_keys=seg_meta_keys),
 ]
+# Val / test masks keep background (4) apart from ignored pixels (255), for
+# the metric's background_as_error protocol; training masks ignore it.
 test_pipeline = [
     dict(type='LoadImageFromFile'),
-    dict(type='LoadHistoAnnotations', num_classes=num_tissue_classes),
+    dict(
+        type='LoadHistoAnnotations',
+        num_classes=num_tissue_classes,
+        keep_background=True),
     dict(type='LoadImageLevelLabels', num_classes=num_tissue_classes),
     dict(type='PackSegInputs', meta_keys=seg_meta_keys),
 ]
@@ -93,5 +99,10 @@ test_dataloader = dict(
         data_root=data_root,
         split='test',
         pipeline=test_pipeline))
-val_evaluator = dict(type='TissueIoUMetric', iou_metrics=['mIoU'])
+# Plain keys (mIoU, mDice, FwIoU, IoU.<class>): GT background ignored
+# (WSSS-Tissue / MLPS); background_as_error/<key>: TPRO / PBIP's protocol.
+val_evaluator = dict(
+    type='TissueIoUMetric',
+    iou_metrics=['mIoU', 'mDice', 'FwIoU'],
+    extra_protocols=['background_as_error'])
 test_evaluator = val_evaluator

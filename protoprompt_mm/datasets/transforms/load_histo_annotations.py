@@ -1,4 +1,4 @@
-"""Load histology masks (palette PNGs) with background mapped to ignore."""
+"""Load histology masks (palette PNGs); background mapped to ignore or kept."""
 from typing import Optional
 
 import mmcv
@@ -27,9 +27,12 @@ def check_label_ids(num_classes: int, **label_ids: int) -> None:
                              f'a class id, fits uint8), got {value}')
 
 
-def to_training_label_map(label_map: np.ndarray, num_classes: int,
-                          background_index: int, ignore_index: int,
-                          source: str) -> np.ndarray:
+def to_training_label_map(label_map: np.ndarray,
+                          num_classes: int,
+                          background_index: int,
+                          ignore_index: int,
+                          source: str,
+                          keep_background: bool = False) -> np.ndarray:
     """Validate a label map and map background to ``ignore_index``.
 
     Args:
@@ -37,13 +40,15 @@ def to_training_label_map(label_map: np.ndarray, num_classes: int,
             ``0..num_classes-1``, ``background_index`` or ``ignore_index``.
         num_classes (int): Number of classes.
         background_index (int): Background value, mapped to
-            ``ignore_index``.
+            ``ignore_index`` unless ``keep_background``.
         ignore_index (int): Ignored value.
         source (str): File the map comes from, for error messages.
+        keep_background (bool): Keep ``background_index`` as it is (only
+            validate). Defaults to False.
 
     Returns:
-        np.ndarray: uint8 (H, W) map with values in ``0..num_classes-1`` or
-        ``ignore_index``.
+        np.ndarray: uint8 (H, W) map with values in ``0..num_classes-1``,
+        ``ignore_index`` and, with ``keep_background``, ``background_index``.
 
     Raises:
         ValueError: If the map is not a 2-D integer array or holds other
@@ -64,19 +69,26 @@ def to_training_label_map(label_map: np.ndarray, num_classes: int,
             f'background {background_index} or ignore {ignore_index}; got '
             f'unexpected values {bad.tolist()}')
     out = label_map.astype(np.uint8)
-    out[label_map == background_index] = ignore_index
+    if not keep_background:
+        out[label_map == background_index] = ignore_index
     return out
 
 
 @TRANSFORMS.register_module()
 class LoadHistoAnnotations(LoadAnnotations):
-    """Load a histology mask and map its background to ``ignore_index``.
+    """Load a histology mask; its background becomes ``ignore_index`` or is
+    kept.
 
     Masks are palette PNGs whose indices are the classes ``0..N-1``,
     ``background_index`` (background / excluded tissue) and possibly
     ``ignore_index`` (uncertain pixels of pseudo masks). Decoding with
-    pillow keeps the palette indices. Background becomes ``ignore_index``
-    so that the metric and the loss only see the ``N`` tissue classes.
+    pillow keeps the palette indices. By default background becomes
+    ``ignore_index``, so that the loss only sees the ``N`` tissue classes
+    (training on pseudo masks). Validation / test pipelines set
+    ``keep_background=True``: background then stays ``background_index``,
+    distinct from ignored pixels, which ``TissueIoUMetric`` needs for its
+    ``'background_as_error'`` protocol (its default protocol ignores
+    background either way).
 
     Required Keys:
 
@@ -85,13 +97,15 @@ class LoadHistoAnnotations(LoadAnnotations):
     Added Keys:
 
     - seg_fields (List)
-    - gt_seg_map (np.uint8): (H, W) map, values in ``0..N-1`` or
-      ``ignore_index``.
+    - gt_seg_map (np.uint8): (H, W) map, values in ``0..N-1``,
+      ``ignore_index`` and, with ``keep_background``, ``background_index``.
 
     Args:
         num_classes (int): Number of tissue classes. Defaults to 4.
         background_index (int): Mask value of background. Defaults to 4.
         ignore_index (int): Value background is mapped to. Defaults to 255.
+        keep_background (bool): Keep background as ``background_index``
+            instead of mapping it to ``ignore_index``. Defaults to False.
         imdecode_backend (str): Backend of :func:`mmcv.imfrombytes`; must
             keep palette indices. Defaults to ``'pillow'``.
         backend_args (dict, optional): Arguments of the file backend.
@@ -102,6 +116,7 @@ class LoadHistoAnnotations(LoadAnnotations):
                  num_classes: int = 4,
                  background_index: int = 4,
                  ignore_index: int = 255,
+                 keep_background: bool = False,
                  imdecode_backend: str = 'pillow',
                  backend_args: Optional[dict] = None) -> None:
         super().__init__(
@@ -113,9 +128,11 @@ class LoadHistoAnnotations(LoadAnnotations):
         self.num_classes = num_classes
         self.background_index = background_index
         self.ignore_index = ignore_index
+        self.keep_background = keep_background
 
     def _load_seg_map(self, results: dict) -> None:
-        """Read, validate and remap the mask of ``results``.
+        """Read, validate and (unless ``keep_background``) remap the mask
+        of ``results``.
 
         Args:
             results (dict): Result dict with ``seg_map_path``.
@@ -132,15 +149,19 @@ class LoadHistoAnnotations(LoadAnnotations):
         img_bytes = fileio.get(path, backend_args=self.backend_args)
         label_map = mmcv.imfrombytes(
             img_bytes, flag='unchanged', backend=self.imdecode_backend)
-        results['gt_seg_map'] = to_training_label_map(label_map,
-                                                      self.num_classes,
-                                                      self.background_index,
-                                                      self.ignore_index, path)
+        results['gt_seg_map'] = to_training_label_map(
+            label_map,
+            self.num_classes,
+            self.background_index,
+            self.ignore_index,
+            path,
+            keep_background=self.keep_background)
         results.setdefault('seg_fields', []).append('gt_seg_map')
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}(num_classes={self.num_classes}, '
                 f'background_index={self.background_index}, '
                 f'ignore_index={self.ignore_index}, '
+                f'keep_background={self.keep_background}, '
                 f"imdecode_backend='{self.imdecode_backend}', "
                 f'backend_args={self.backend_args})')
