@@ -3,9 +3,9 @@ import os.path as osp
 from typing import Dict, List, Optional, Tuple
 
 import mmengine.fileio as fileio
-from mmseg.datasets import BaseSegDataset
 from mmseg.registry import DATASETS
 
+from .histo_seg_dataset import HistoSegDataset
 from .image_labels import parse_image_labels
 
 # Candidate (image folder, mask folder) pairs per split, first existing wins.
@@ -17,7 +17,7 @@ _SPLIT_FOLDERS: Dict[str, Tuple[Tuple[str, Optional[str]], ...]] = {
 
 
 @DATASETS.register_module()
-class HistoWSSSDataset(BaseSegDataset):
+class HistoWSSSDataset(HistoSegDataset):
     """Histology patches with image-level labels (WSSS benchmarks).
 
     Folder layout under ``data_root`` (BCSS-WSSS / LUAD-HistoSeg)::
@@ -39,8 +39,9 @@ class HistoWSSSDataset(BaseSegDataset):
     are an error for the training split and whenever no mask folder is
     used.
 
-    Folders are resolved and checked in :meth:`load_data_list`, so
-    ``lazy_init=True`` does not touch the file system.
+    Folders are resolved and checked in :meth:`collect_data_list`, so
+    ``lazy_init=True`` does not touch the file system. Every image and mask
+    is then checked readable and valid (see :class:`HistoSegDataset`).
 
     Args:
         split (str, optional): ``'train'``, ``'val'`` or ``'test'``; picks
@@ -56,10 +57,9 @@ class HistoWSSSDataset(BaseSegDataset):
             Defaults to None.
         img_suffix (str): Image suffix. Defaults to ``'.png'``.
         seg_map_suffix (str): Mask suffix. Defaults to ``'.png'``.
-        metainfo (dict, optional): mmseg metainfo; its ``classes`` must
-            equal the class list of the dataset (no subsets). Defaults to
-            None.
-        **kwargs: Other arguments of :class:`mmseg.datasets.BaseSegDataset`.
+        **kwargs: Other arguments of :class:`HistoSegDataset` (``metainfo``,
+            ``background_index``, ``skip_invalid``, ...) and
+            :class:`mmseg.datasets.BaseSegDataset`.
     """
 
     def __init__(self,
@@ -68,7 +68,6 @@ class HistoWSSSDataset(BaseSegDataset):
                  data_prefix: Optional[dict] = None,
                  img_suffix: str = '.png',
                  seg_map_suffix: str = '.png',
-                 metainfo: Optional[dict] = None,
                  **kwargs) -> None:
         if split is not None and split not in _SPLIT_FOLDERS:
             raise ValueError(f'split must be one of {list(_SPLIT_FOLDERS)} '
@@ -78,15 +77,6 @@ class HistoWSSSDataset(BaseSegDataset):
         if pseudo_mask_dir is not None and split not in ('train', None):
             raise ValueError(f'pseudo_mask_dir is only for the training '
                              f'split, got split={split!r}')
-        classes = (metainfo or {}).get('classes')
-        if self.get_label_map(classes) is not None:
-            raise ValueError(
-                f'{type(self).__name__} does not support class subsets: '
-                f'metainfo classes {classes} must equal '
-                f'{self.METAINFO["classes"]} (image labels are stored per '
-                f'original class)')
-        if not (classes or self.METAINFO.get('classes')):
-            raise ValueError(f'{type(self).__name__} needs metainfo classes')
         self.split = split
         self.pseudo_mask_dir = pseudo_mask_dir
         self._explicit_prefix = data_prefix is not None
@@ -94,14 +84,7 @@ class HistoWSSSDataset(BaseSegDataset):
             data_prefix=dict(data_prefix or {}),
             img_suffix=img_suffix,
             seg_map_suffix=seg_map_suffix,
-            metainfo=metainfo,
             **kwargs)
-
-    def _resolve_path(self, path: str) -> str:
-        """Join a relative path with ``data_root``."""
-        if self.data_root and not osp.isabs(path):
-            return osp.join(self.data_root, path)
-        return path
 
     def _resolve_split_prefix(self) -> dict:
         """Pick the first existing folders of ``self.split``.
@@ -115,13 +98,13 @@ class HistoWSSSDataset(BaseSegDataset):
         candidates = _SPLIT_FOLDERS[self.split]
         for img_dir, mask_dir in candidates:
             if fileio.isdir(
-                    self._resolve_path(img_dir),
+                    self.resolve_path(img_dir),
                     backend_args=self.backend_args):
-                prefix = dict(img_path=self._resolve_path(img_dir))
+                prefix = dict(img_path=self.resolve_path(img_dir))
                 if mask_dir is not None:
-                    prefix['seg_map_path'] = self._resolve_path(mask_dir)
+                    prefix['seg_map_path'] = self.resolve_path(mask_dir)
                 return prefix
-        tried = [self._resolve_path(img_dir) for img_dir, _ in candidates]
+        tried = [self.resolve_path(img_dir) for img_dir, _ in candidates]
         raise FileNotFoundError(
             f'No image folder for split {self.split!r}: none of {tried} '
             f'exists')
@@ -152,7 +135,7 @@ class HistoWSSSDataset(BaseSegDataset):
             raise FileNotFoundError(
                 f'{len(missing)} image(s) have no mask in {ann_dir}: {shown}')
 
-    def load_data_list(self) -> List[dict]:
+    def collect_data_list(self) -> List[dict]:
         """Resolve folders, check them and attach ``img_labels``.
 
         Returns:
@@ -167,13 +150,14 @@ class HistoWSSSDataset(BaseSegDataset):
         if not self._explicit_prefix:
             self.data_prefix = self._resolve_split_prefix()
         if self.pseudo_mask_dir is not None:
-            self.data_prefix['seg_map_path'] = self._resolve_path(
+            self.data_prefix['seg_map_path'] = self.resolve_path(
                 self.pseudo_mask_dir)
         img_dir = self.data_prefix.get('img_path', '')
         ann_dir = self.data_prefix.get('seg_map_path')
         if not fileio.isdir(img_dir, backend_args=self.backend_args):
             raise FileNotFoundError(f'Image folder {img_dir} does not exist')
-        data_list = super().load_data_list()
+        # mmseg's listing of the folder (or of ann_file), unchecked.
+        data_list = super(HistoSegDataset, self).load_data_list()
         if not data_list:
             raise ValueError(f'No {self.img_suffix!r} image found in '
                              f'{self.ann_file or img_dir}')

@@ -27,10 +27,11 @@ class LoadImageLevelLabels(BaseTransform):
     - img_labels (np.int64): shape (num_classes,), values 0 / 1.
 
     Args:
-        num_classes (int): Number of classes.
+        num_classes (int): Number of classes. Defaults to 4; in the pipeline
+            of a ``HistoSegDataset`` leave it out to take the dataset's.
     """
 
-    def __init__(self, num_classes: int) -> None:
+    def __init__(self, num_classes: int = 4) -> None:
         if num_classes < 1:
             raise ValueError(f'num_classes must be >= 1, got {num_classes}')
         self.num_classes = num_classes
