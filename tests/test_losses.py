@@ -385,6 +385,60 @@ def test_region_weight_and_loss_weight():
         RegionConsistencyLoss(reduction='mean_over_batch')
 
 
+def scipy_region_loss_map(pred, target, connectivity, min_region_size):
+    """Reference (B, H, W) loss map: regions from scipy.ndimage.label per
+    image and class, KL(region mean || p) per pixel, zero elsewhere."""
+    from scipy import ndimage
+    log_probs = torch.log_softmax(pred.double(), dim=1).permute(0, 2, 3, 1)
+    labels = target.numpy()
+    structure = ndimage.generate_binary_structure(
+        2, 1 if connectivity == 4 else 2)
+    out = torch.zeros(target.shape, dtype=torch.float64)
+    for b in range(labels.shape[0]):
+        for cls in range(pred.shape[1]):
+            components, count = ndimage.label(labels[b] == cls, structure)
+            for region in range(1, count + 1):
+                inside = torch.from_numpy(components == region)
+                if inside.sum() < min_region_size:
+                    continue
+                region_log_probs = log_probs[b][inside]
+                mean = region_log_probs.exp().mean(0)
+                out[b][inside] = (mean * (mean.log() - region_log_probs)).sum(1)
+    return out
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('connectivity', [4, 8])
+def test_region_random_maps_match_a_scipy_reference(device, connectivity,
+                                                    monkeypatch):
+    gen = torch.Generator().manual_seed(connectivity)
+    cases = []
+    for shape in [(2, 6, 9), (3, 16, 16)]:
+        pred = torch.randn(shape[0], 3, *shape[1:], generator=gen)
+        target = torch.randint(0, 3, shape, generator=gen)
+        target[torch.rand(shape, generator=gen) < 0.3] = 255
+        cases.append((pred, target))
+    references = [
+        scipy_region_loss_map(pred, target, connectivity, 2)
+        for pred, target in cases
+    ]
+
+    # The loss itself never calls scipy.
+    import scipy.ndimage
+
+    def no_scipy(*args, **kwargs):
+        raise AssertionError('scipy.ndimage.label is not for the hot path')
+
+    monkeypatch.setattr(scipy.ndimage, 'label', no_scipy)
+    loss_fn = RegionConsistencyLoss(connectivity=connectivity,
+                                    min_region_size=2, reduction='none')
+    for (pred, target), reference in zip(cases, references):
+        loss_map = loss_fn(pred.to(device), target.to(device))
+        assert loss_map.device.type == device
+        torch.testing.assert_close(loss_map.cpu().double(), reference,
+                                   atol=1e-5, rtol=1e-5)
+
+
 # --------------------------------------------------------------------------
 # Registry / mmseg contract
 # --------------------------------------------------------------------------

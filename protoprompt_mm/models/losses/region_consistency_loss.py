@@ -1,13 +1,13 @@
 """Consistency of predictions inside connected pseudo-label regions."""
-from typing import Optional, Tuple
+from typing import Optional
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmseg.registry import MODELS
-from scipy import ndimage
 from torch import Tensor
+
+from ..utils import connected_components
 
 _REDUCTIONS = ('none', 'mean', 'sum')
 _EPS = 1e-12
@@ -31,13 +31,13 @@ class RegionConsistencyLoss(nn.Module):
     ``log_softmax`` and ``p̄_r`` is clamped before the log, so the loss is
     always finite.
 
-    Connected components are computed with :func:`scipy.ndimage.label` on
-    the CPU copy of the labels: one call per class present in the batch,
-    over the whole (B, H, W) volume with a 3-D structuring element that has
-    no connectivity along the batch axis; component ids are offset to be
-    globally unique and moved back to ``pred.device``. Region means and the
-    per-pixel KL are vectorised (``index_add`` over region ids), with no
-    Python loop over pixels or regions.
+    The regions are labelled on ``pred.device`` by
+    :func:`~protoprompt_mm.models.utils.connected_components` (the partition
+    of :func:`scipy.ndimage.label`, for the whole batch at once); a region's
+    id is the flat index of its first pixel, so no count of regions is
+    needed on the host. Region means and the per-pixel KL are vectorised
+    (``index_add`` over region ids), with no Python loop over pixels or
+    regions and no copy of a map to the CPU.
 
     Args:
         connectivity (int): 4 or 8 pixel connectivity of the regions.
@@ -117,19 +117,25 @@ class RegionConsistencyLoss(nn.Module):
                 pred, size=target.shape[-2:], mode='bilinear',
                 align_corners=False)
 
-        region_ids, num_regions = self._label_regions(target, num_classes,
-                                                      ignore_index)
+        target = target.to(pred.device)
+        valid = (target >= 0) & (target < num_classes)
+        if ignore_index is not None:
+            valid &= target != ignore_index
+        regions = connected_components(target, valid,
+                                       self.connectivity).reshape(-1)
         # Excluded pixels go to an extra sink region so every gather is valid.
-        region_ids = region_ids.reshape(-1).to(pred.device)
-        in_region = region_ids >= 0
-        region_ids = torch.where(in_region, region_ids, num_regions)
-        sizes = torch.bincount(region_ids, minlength=num_regions + 1)
+        sink = regions.numel()
+        in_region = regions >= 0
+        region_ids = torch.where(in_region, regions, sink)
+        sizes = torch.zeros(
+            sink + 1, dtype=torch.long, device=pred.device).index_add_(
+                0, region_ids, torch.ones_like(region_ids))
         counted = in_region & (sizes[region_ids] >= self.min_region_size)
 
         log_probs = F.log_softmax(pred.float(), dim=1)
         log_probs = log_probs.permute(0, 2, 3, 1).reshape(-1, num_classes)
         probs = log_probs.exp()
-        region_sum = probs.new_zeros(num_regions + 1, num_classes).index_add(
+        region_sum = probs.new_zeros(sink + 1, num_classes).index_add(
             0, region_ids, probs)
         region_mean = region_sum / sizes.clamp(min=1).unsqueeze(1)
         mean_probs = region_mean[region_ids]
@@ -148,38 +154,6 @@ class RegionConsistencyLoss(nn.Module):
         else:
             loss = loss.view(target.shape)
         return self.loss_weight * loss
-
-    def _label_regions(self, target: Tensor, num_classes: int,
-                       ignore_index: Optional[int]) -> Tuple[Tensor, int]:
-        """Label the connected same-class regions of a batch of label maps.
-
-        Args:
-            target (Tensor): Labels of shape (B, H, W), on any device.
-            num_classes (int): Number of classes C; labels outside [0, C)
-                belong to no region.
-            ignore_index (int, optional): Label belonging to no region.
-
-        Returns:
-            tuple[Tensor, int]: CPU long tensor (B, H, W) of globally unique
-            region ids in [0, R) (-1 where no region), and R.
-        """
-        labels = target.detach().cpu().numpy()
-        valid = (labels >= 0) & (labels < num_classes)
-        if ignore_index is not None:
-            valid &= labels != ignore_index
-        structure = np.zeros((3, 3, 3), dtype=bool)
-        structure[1] = ndimage.generate_binary_structure(
-            2, 1 if self.connectivity == 4 else 2)
-        region_ids = np.full(labels.shape, -1, dtype=np.int64)
-        num_regions = 0
-        present = np.flatnonzero(
-            np.bincount(labels[valid].astype(np.int64), minlength=num_classes))
-        for cls in present:
-            mask = labels == cls
-            components, count = ndimage.label(mask, structure=structure)
-            region_ids[mask] = components[mask] + (num_regions - 1)
-            num_regions += count
-        return torch.from_numpy(region_ids), num_regions
 
     @property
     def loss_name(self) -> str:
