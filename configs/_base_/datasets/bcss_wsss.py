@@ -17,7 +17,8 @@
 # `persistent_workers=False` in a dataloader.
 dataset_type = 'BCSSWSSSDataset'
 data_root = 'data/BCSS-WSSS'
-num_tissue_classes = 4
+# The class-aware transforms (LoadImageLevelLabels, LoadHistoAnnotations)
+# take num_classes and background_index from the dataset's metainfo classes.
 crop_size = (224, 224)
 seg_meta_keys = ('img_path', 'seg_map_path', 'ori_shape', 'img_shape',
                  'pad_shape', 'scale_factor', 'flip', 'flip_direction',
@@ -35,14 +36,14 @@ augmentations = [
 ]
 train_pipeline = [
     dict(type='LoadImageFromFile'),
-    dict(type='LoadImageLevelLabels', num_classes=num_tissue_classes),
+    dict(type='LoadImageLevelLabels'),
     *augmentations,
     dict(type='PackSegInputs', meta_keys=seg_meta_keys),
 ]
 train_pipeline_pseudo = [
     dict(type='LoadImageFromFile'),
-    dict(type='LoadHistoAnnotations', num_classes=num_tissue_classes),
-    dict(type='LoadImageLevelLabels', num_classes=num_tissue_classes),
+    dict(type='LoadHistoAnnotations'),
+    dict(type='LoadImageLevelLabels'),
     *augmentations,
     dict(type='PackSegInputs', meta_keys=seg_meta_keys),
 ]
@@ -50,12 +51,26 @@ train_pipeline_pseudo = [
 # the metric's background_as_error protocol; training masks ignore it.
 test_pipeline = [
     dict(type='LoadImageFromFile'),
-    dict(
-        type='LoadHistoAnnotations',
-        num_classes=num_tissue_classes,
-        keep_background=True),
-    dict(type='LoadImageLevelLabels', num_classes=num_tissue_classes),
+    dict(type='LoadHistoAnnotations', keep_background=True),
+    dict(type='LoadImageLevelLabels'),
     dict(type='PackSegInputs', meta_keys=seg_meta_keys),
+]
+# `tools/test.py --tta`: tta_model (default_runtime.py, mmseg's SegTTAModel)
+# averages the class scores of 3 views, as is, flipped left-right, flipped
+# upside-down (each flipped back by the segmentor); then every step of the
+# test pipeline after the image loading.
+tta_pipeline = [
+    test_pipeline[0],
+    dict(
+        type='TestTimeAug',
+        transforms=[
+            [
+                dict(type='RandomFlip', prob=0.0, direction='horizontal'),
+                dict(type='RandomFlip', prob=1.0, direction='horizontal'),
+                dict(type='RandomFlip', prob=1.0, direction='vertical'),
+            ],
+            *[[transform] for transform in test_pipeline[1:]],
+        ]),
 ]
 num_workers = 2
 train_dataloader = dict(

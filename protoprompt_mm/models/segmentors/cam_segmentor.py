@@ -74,6 +74,8 @@ class CAMSegmentor(FiniteLossMixin, BaseSegmentor):
                     'classification loss')
         self.decode_head = MODELS.build(decode_head)
         self.num_classes = self.decode_head.num_classes
+        # Channels of seg_logits, as EncoderDecoder (read by SegTTAModel).
+        self.out_channels = self.num_classes
         self.align_corners = self.decode_head.align_corners
         self.test_cfg = self._check_test_cfg(test_cfg)
         self._gating_logged = False
