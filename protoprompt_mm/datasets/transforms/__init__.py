@@ -4,8 +4,10 @@ from .cam_to_pseudo_label import (THRESH_MODES, CAMToPseudoLabel,
 from .load_cam_pseudo_label import LoadCAMPseudoLabel
 from .load_histo_annotations import LoadHistoAnnotations
 from .load_image_level_labels import LoadImageLevelLabels
+from .random_rotate90 import RandomRotate90
 
 __all__ = [
     'CAMToPseudoLabel', 'cams_to_pseudo_label', 'LoadCAMPseudoLabel',
-    'LoadHistoAnnotations', 'LoadImageLevelLabels', 'THRESH_MODES'
+    'LoadHistoAnnotations', 'LoadImageLevelLabels', 'RandomRotate90',
+    'THRESH_MODES'
 ]
