@@ -37,7 +37,44 @@ def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
     cfg = Config.fromfile(path)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
+    apply_pretrained(cfg)
     return cfg
+
+
+def apply_pretrained(cfg: Config) -> None:
+    """Make the config's ``pretrained`` the backbone's ``init_cfg``.
+
+    A config's ``model`` dict is evaluated in the file that writes it, so a
+    child config's ``pretrained = '...'`` or ``--cfg-options pretrained=...``
+    would not reach an expression of a base; the top-level variable is
+    therefore read here, after every file and option is merged. A path sets
+    ``model.backbone.init_cfg=dict(type='Pretrained', checkpoint=path)``
+    (mmengine loads it in ``init_weights()``, a missing file stops the run
+    before the first iteration); None leaves the backbone as configured
+    (random initialisation in our configs).
+
+    Args:
+        cfg: The merged config; changed in place.
+
+    Raises:
+        ValueError: If ``pretrained`` is not a local path (URLs such as
+            ``open-mmlab://`` would be downloaded), or the config has no
+            ``model.backbone``.
+    """
+    pretrained = cfg.get('pretrained')
+    if pretrained is None:
+        return
+    if not isinstance(pretrained, str) or not pretrained.strip() \
+            or '://' in pretrained:
+        raise ValueError(
+            f'pretrained={pretrained!r}: expected the path of a local '
+            'checkpoint (tools/convert_weights.py writes one); nothing is '
+            'downloaded')
+    if 'backbone' not in cfg.get('model', {}):
+        raise ValueError(f'pretrained={pretrained}: the config has no '
+                         'model.backbone to load it into')
+    cfg.model.backbone.init_cfg = dict(
+        type='Pretrained', checkpoint=osp.expanduser(pretrained))
 
 
 def load_runner_config(path: str,
