@@ -58,15 +58,32 @@ def pipeline_run(tmp_path_factory):
     return data_root, work_dir, proc
 
 
+PROTOCOL_SUFFIXES = ('', '_background_as_error')
+
+
+def run_scores(stage):
+    return [
+        f'{stage}_{name}{suffix}' for suffix in PROTOCOL_SUFFIXES
+        for name in ('miou', 'mdice', 'fwiou')
+    ]
+
+
 def test_results_json_schema(pipeline_run):
     _, work_dir, _ = pipeline_run
     with open(work_dir / 'results.json') as f:
         results = json.load(f)
-    scores = ['stage1_cam_miou', 'pseudo_mask_miou',
-              'pseudo_mask_precision_miou', 'pseudo_mask_coverage']
+    # Stage 1 (of the primary variant): CAM mIoU / mDice / FwIoU under both
+    # protocols, pseudo-mask scores; stage 2: the same per variant, and the
+    # per-class IoU under both protocols.
+    scores = run_scores('stage1_cam') + [
+        'pseudo_mask_miou', 'pseudo_mask_precision_miou',
+        'pseudo_mask_coverage'
+    ]
+    tests = run_scores('test') + ['test_iou', 'test_iou_background_as_error']
+    assert 'test_miou_background_as_error' in tests
     assert set(results) == {
-        'seeds', *scores, *(f'{key}_std' for key in scores), 'test_miou',
-        'test_miou_std', 'test_iou', 'test_iou_std', 'variants'
+        'seeds', *scores, *(f'{key}_std' for key in scores), *tests,
+        *(f'{key}_std' for key in tests), 'variants'
     }
     assert results['seeds'] == [0]
     for key in scores:
@@ -77,13 +94,30 @@ def test_results_json_schema(pipeline_run):
     assert full['stage1_config'].endswith('stage1_protocam_r18_synthetic.py')
     assert cam['stage1_config'].endswith('stage1_cam_r18_synthetic.py')
     assert results['stage1_cam_miou'] == full['stage1_cam_miou']
-    for variant, per_class in results['test_iou'].items():
-        assert set(per_class) == {'TUM', 'STR', 'LYM', 'NEC'}
-        # None: the class is in neither prediction nor ground truth.
-        assert all(v is None or 0.0 <= v <= 1.0 for v in per_class.values())
-        assert 0.0 <= results['test_miou'][variant] <= 1.0
-        assert set(results['variants'][variant]['per_seed']) == {'0'}
-    assert '| full |' in (work_dir / 'results.md').read_text()
+    for variant in ('full', 'cam'):
+        for key in run_scores('test'):
+            assert 0.0 <= results[key][variant] <= 1.0
+            assert results[f'{key}_std'][variant] == 0.0
+        entry = results['variants'][variant]
+        assert set(entry['per_seed']) == {'0'}
+        for stage in ('stage1_cam', 'test'):
+            ignored, as_error = (entry[f'{stage}_iou{suffix}']
+                                 for suffix in PROTOCOL_SUFFIXES)
+            assert set(ignored) == set(as_error) == {
+                'TUM', 'STR', 'LYM', 'NEC'
+            }
+            for cls, iou in ignored.items():
+                # None: the class is in neither prediction nor ground truth.
+                assert iou is None or 0.0 <= iou <= 1.0
+                # Tissue predicted on GT background only adds false
+                # positives: no class gains.
+                if iou is not None:
+                    assert as_error[cls] <= iou
+            assert entry[f'{stage}_miou_background_as_error'] <= \
+                entry[f'{stage}_miou']
+    table = (work_dir / 'results.md').read_text()
+    assert table.count('| full |') == 2 and table.count('| cam |') == 2
+    assert 'GT background ignored' in table and 'TPRO / PBIP' in table
 
 
 def test_every_step_left_its_output(pipeline_run):
@@ -194,17 +228,29 @@ def test_aggregate_means_and_sample_stds_over_seeds():
     classes = ['A', 'B']
 
     def scores(miou, iou_b, pseudo=0.5):
-        return dict(stage1_cam_miou=miou, stage1_cam_iou=dict(A=miou, B=None),
+        # Every score of both stages is miou, minus 0.1 under
+        # background_as_error.
+        values = {
+            key: round(miou - 0.1, 4) if key.endswith('as_error') else miou
+            for key in run_scores('stage1_cam') + run_scores('test')
+        }
+        per_class = dict(A=miou, B=None)
+        return dict(values, stage1_cam_iou=per_class,
+                    stage1_cam_iou_background_as_error=per_class,
                     pseudo_mask_miou=pseudo, pseudo_mask_precision_miou=0.9,
-                    pseudo_mask_coverage=0.8, test_miou=miou,
-                    test_iou=dict(A=miou, B=iou_b))
+                    pseudo_mask_coverage=0.8, test_iou=dict(A=miou, B=iou_b),
+                    test_iou_background_as_error=dict(A=0.1, B=iou_b))
 
     variants = dict(full=pipeline.Variant('s1.py', 's2.py'),
                     gt=pipeline.Variant('s1.py', 's2.py', pseudo_masks=False))
     # What run_seed reports for a variant that uses no stage-1 output.
-    unused = dict({key: None for key in pipeline.SCORES},
-                  stage1_cam_iou=dict(A=None, B=None), test_miou=0.9,
-                  test_iou=dict(A=0.9, B=0.9))
+    unused = dict(
+        dict.fromkeys(pipeline.STAGE1_SCORES),
+        **dict.fromkeys(run_scores('test'), 0.9),
+        stage1_cam_iou=dict(A=None, B=None),
+        stage1_cam_iou_background_as_error=dict(A=None, B=None),
+        test_iou=dict(A=0.9, B=0.9),
+        test_iou_background_as_error=dict(A=0.9, B=0.9))
     results = pipeline.aggregate(
         {0: dict(full=scores(0.6, None), gt=unused),
          1: dict(full=scores(0.8, 0.5), gt=unused),
@@ -215,10 +261,28 @@ def test_aggregate_means_and_sample_stds_over_seeds():
     assert full['test_miou'] == pytest.approx(0.7)
     assert full['test_miou_std'] == pytest.approx(0.1)  # sample std
     assert full['test_iou']['B'] == pytest.approx(0.6)  # None left out
+    assert full['test_iou_background_as_error']['A'] == pytest.approx(0.1)
+    assert full['test_iou_background_as_error_std']['A'] == 0.0
     assert full['stage1_cam_iou']['B'] is None
     assert results['test_miou_std']['full'] == full['test_miou_std']
+    assert results['test_fwiou_background_as_error']['full'] == \
+        pytest.approx(0.6)
+    assert results['test_fwiou_background_as_error_std']['full'] == \
+        pytest.approx(0.1)
+    assert results['stage1_cam_mdice_background_as_error'] == \
+        pytest.approx(0.6)
     assert results['pseudo_mask_miou'] == 0.5
     assert results['pseudo_mask_miou_std'] == 0.0
     assert set(full['per_seed']) == {'0', '1', '2'}
     table = pipeline.format_results_table(results, classes)
-    assert '| full | 70.00 ± 10.00 |' in table
+    ignored, as_error = table.split('\n\n', 1)[1].split('TPRO / PBIP')
+    # Stage-1 mIoU, mDice, FwIoU, pseudo-mask mIoU, precision, coverage,
+    # final mIoU, mDice, FwIoU, per-class final IoU (B: mean of 0.5, 0.7).
+    assert ('| full | 70.00 ± 10.00 | 70.00 ± 10.00 | 70.00 ± 10.00 | '
+            '50.00 | 90.00 | 80.00 | 70.00 ± 10.00 | 70.00 ± 10.00 | '
+            '70.00 ± 10.00 | 70.00 ± 10.00 | 60.00 ± 14.14 |') in ignored
+    assert '| gt | - | - | - | - | - | - | 90.00 | 90.00 | 90.00 |' in ignored
+    # No pseudo-mask columns; every score 0.1 lower.
+    assert ('| full | 60.00 ± 10.00 | 60.00 ± 10.00 | 60.00 ± 10.00 | '
+            '60.00 ± 10.00 | 60.00 ± 10.00 | 60.00 ± 10.00 | 10.00 | '
+            '60.00 ± 14.14 |') in as_error

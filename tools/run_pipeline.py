@@ -12,7 +12,10 @@ pseudo-masks of the training split (and their scores where ground truth
 exists) -> per variant: stage-2 training on its stage 1's pseudo-masks,
 starting from the stage-1 weights, and test -> overlay pictures ->
 ``W/results.json`` (fractions in [0, 1]; mean and sample std over the
-seeds) and ``W/results.md`` (percentages). A stage-1 run shared by several
+seeds) and ``W/results.md`` (percentages). Test runs are scored under both
+protocols of ``TissueIoUMetric``: GT background ignored (the plain keys,
+e.g. ``test_miou``) and counted as error (``*_background_as_error``), each
+with mIoU, mDice, FwIoU and per-class IoU. A stage-1 run shared by several
 variants is trained once per seed. Outputs of seed s are in ``W/seed_<s>/``.
 A step that finished before with the same command, after the same runs of
 the steps it depends on, is reused (its marker ``W/.steps/<name>.json``
@@ -144,9 +147,28 @@ PRESETS = {
 }
 SYNTHETIC_DEFAULTS = dict(
     num_train=400, num_val=60, num_test=60, size=224, difficulty='standard')
-# What the pipeline reports per variant and seed (fractions in [0, 1]).
-SCORES = ('stage1_cam_miou', 'pseudo_mask_miou', 'pseudo_mask_precision_miou',
-          'pseudo_mask_coverage', 'test_miou')
+# Protocols of a test run: suffix of its names in results.json -> key prefix
+# of TissueIoUMetric (the dataset bases' evaluator reports both).
+PROTOCOLS = {'': '', '_background_as_error': 'background_as_error/'}
+# Scores of a test run: name in results.json -> TissueIoUMetric key.
+RUN_METRICS = {'miou': 'mIoU', 'mdice': 'mDice', 'fwiou': 'FwIoU'}
+
+
+def run_score_names(stage: str) -> tuple:
+    """results.json names of a test run's scores, e.g. ``test_miou`` and
+    ``test_miou_background_as_error``."""
+    return tuple(f'{stage}_{name}{suffix}' for suffix in PROTOCOLS
+                 for name in RUN_METRICS)
+
+
+# What the pipeline reports per variant and seed (fractions in [0, 1]):
+# numbers, and per-class IoU (class -> number).
+STAGE1_SCORES = (*run_score_names('stage1_cam'), 'pseudo_mask_miou',
+                 'pseudo_mask_precision_miou', 'pseudo_mask_coverage')
+TEST_SCORES = run_score_names('test')
+SCORES = STAGE1_SCORES + TEST_SCORES
+STAGE1_CLASS_SCORES = tuple(f'stage1_cam_iou{suffix}' for suffix in PROTOCOLS)
+TEST_CLASS_SCORES = tuple(f'test_iou{suffix}' for suffix in PROTOCOLS)
 
 
 class PipelineError(RuntimeError):
@@ -367,12 +389,53 @@ class Pipeline:
                     f'ground-truth training masks, expected in {gt_dir}')
         return options + self.preset.stage2_options + self.args.stage2_options
 
-    def class_ious(self, metrics: Dict[str, float]) -> Dict[str, float]:
-        """Per-class IoU of a test run's metrics, as fractions."""
-        return {
-            cls: fraction(metrics[f'IoU.{cls}'])
-            for cls in self.preset.classes
+    def run_scores(self, step: str, stage: str,
+                   metrics: Dict[str, float]) -> dict:
+        """A test run's scores under both protocols, as fractions.
+
+        Args:
+            step: The step that tested (for the error message).
+            stage: Name prefix, ``'stage1_cam'`` or ``'test'``.
+            metrics: What ``tools/test.py`` logged.
+
+        Returns:
+            dict: ``<stage>_miou`` / ``_mdice`` / ``_fwiou`` and
+            ``<stage>_iou`` (class -> IoU), each also with the suffix
+            ``_background_as_error``.
+
+        Raises:
+            PipelineError: If a metric is missing.
+        """
+        keys = {
+            f'{stage}_{name}{suffix}': prefix + key
+            for suffix, prefix in PROTOCOLS.items()
+            for name, key in RUN_METRICS.items()
         }
+        class_keys = {
+            f'{stage}_iou{suffix}': {
+                cls: f'{prefix}IoU.{cls}'
+                for cls in self.preset.classes
+            }
+            for suffix, prefix in PROTOCOLS.items()
+        }
+        needed = [*keys.values()] + [
+            key for per_class in class_keys.values()
+            for key in per_class.values()
+        ]
+        missing = [key for key in needed if key not in metrics]
+        if missing:
+            raise PipelineError(
+                f'step "{step}_test" logged no {missing}: its '
+                f'test_evaluator must be TissueIoUMetric with iou_metrics '
+                f"['mIoU', 'mDice', 'FwIoU'] and extra_protocols="
+                f"['background_as_error'] (as in configs/_base_/datasets)")
+        scores = {name: fraction(metrics[key]) for name, key in keys.items()}
+        for name, per_class in class_keys.items():
+            scores[name] = {
+                cls: fraction(metrics[key])
+                for cls, key in per_class.items()
+            }
+        return scores
 
     def run_stage1(self, config: str, seed: int, done: Dict[str, dict]) -> dict:
         """Train, test and label with one stage-1 config for one seed.
@@ -410,8 +473,7 @@ class Pipeline:
             checkpoint=ckpt,
             pseudo_dir=osp.join(work, 'pseudo_masks'),
             scores=dict(
-                stage1_cam_miou=fraction(cam['mIoU']),
-                stage1_cam_iou=self.class_ious(cam),
+                self.run_scores(step, 'stage1_cam', cam),
                 pseudo_mask_miou=pseudo.get('mIoU'),
                 pseudo_mask_precision_miou=pseudo.get('precision_mIoU'),
                 pseudo_mask_coverage=pseudo.get('coverage')))
@@ -438,12 +500,12 @@ class Pipeline:
             if variant.pseudo_masks:
                 scores[name] = dict(first['scores'])
             else:  # no stage-1 output is used
-                scores[name] = {key: None for key in SCORES}
-                scores[name]['stage1_cam_iou'] = dict.fromkeys(
-                    self.preset.classes)
-            scores[name].update(
-                test_miou=fraction(metrics['mIoU']),
-                test_iou=self.class_ious(metrics))
+                scores[name] = dict.fromkeys(STAGE1_SCORES)
+                scores[name].update({
+                    key: dict.fromkeys(self.preset.classes)
+                    for key in STAGE1_CLASS_SCORES
+                })
+            scores[name].update(self.run_scores(step, 'test', metrics))
             if self.args.num_visualize > 0:
                 self.visualize(step, work, variant.stage2, ckpt, options,
                                (variant.stage1, first['checkpoint']),
@@ -466,11 +528,13 @@ class Pipeline:
             f'\nAll numbers measured on this run '
             f'({time.strftime("%Y-%m-%d")}), seeds {self.args.seeds}: '
             'mean ± sample std over the seeds, IoU in %. Stage-1 CAMs and '
-            'final masks on the test split (CAMs gated by predicted labels); '
-            'pseudo-masks on the training split against its hidden masks: '
-            'mIoU over all ground-truth tissue pixels (unlabelled = miss), '
-            'precision mIoU over the labelled pixels, coverage = labelled '
-            'fraction of the tissue.\n\n')
+            'final masks on the test split (CAMs gated by predicted labels), '
+            'means over the tissue classes (FwIoU: weighted by their share '
+            'of the GT tissue pixels) under both protocols of the '
+            'literature; pseudo-masks on the training split against its '
+            'hidden masks: mIoU over all ground-truth tissue pixels '
+            '(unlabelled = miss), precision mIoU over the labelled pixels, '
+            'coverage = labelled fraction of the tissue.\n\n')
         with open(osp.join(self.work_dir, 'results.md'), 'w') as f:
             f.write(header + table + '\n')
         print(table, flush=True)
@@ -501,10 +565,12 @@ def aggregate(per_seed: Dict[int, Dict[str, dict]],
               variants: Dict[str, Variant], classes: List[str]) -> dict:
     """``results.json``: every score as mean and ``*_std`` over the seeds.
 
-    The top-level ``stage1_cam_miou`` and ``pseudo_mask_*`` are those of the
-    primary variant (``full`` when run, else the first); ``test_miou`` /
-    ``test_iou`` map every variant to its means, ``*_std`` to its stds, and
-    ``variants`` holds each variant's configs, scores and per-seed values.
+    The top-level stage-1 scores (``stage1_cam_miou`` ..., without the
+    per-class ones) and ``pseudo_mask_*`` are those of the primary variant
+    (``full`` when run, else the first); the test scores (``test_miou``,
+    ``test_iou`` ..., both protocols) map every variant to its means,
+    ``*_std`` to its stds, and ``variants`` holds each variant's configs,
+    scores and per-seed values.
     """
     seeds = sorted(per_seed)
     summary = {}
@@ -515,7 +581,7 @@ def aggregate(per_seed: Dict[int, Dict[str, dict]],
         for key in SCORES:
             entry[key], entry[f'{key}_std'] = mean_std(
                 [run[key] for run in runs])
-        for key in ('stage1_cam_iou', 'test_iou'):
+        for key in STAGE1_CLASS_SCORES + TEST_CLASS_SCORES:
             stats = {
                 cls: mean_std([run[key][cls] for run in runs])
                 for cls in classes
@@ -527,11 +593,15 @@ def aggregate(per_seed: Dict[int, Dict[str, dict]],
     primary = summary['full'] if 'full' in summary else next(
         iter(summary.values()))
     results = dict(seeds=seeds)
-    for key in SCORES[:-1]:
+    for key in STAGE1_SCORES:
         results[key] = primary[key]
         results[f'{key}_std'] = primary[f'{key}_std']
-    for key in ('test_miou', 'test_miou_std', 'test_iou', 'test_iou_std'):
-        results[key] = {name: entry[key] for name, entry in summary.items()}
+    for key in TEST_SCORES + TEST_CLASS_SCORES:
+        for name in (key, f'{key}_std'):
+            results[name] = {
+                variant: entry[name]
+                for variant, entry in summary.items()
+            }
     results['variants'] = summary
     return results
 
@@ -547,8 +617,17 @@ def read_test_metrics(work_dir: str) -> Dict[str, float]:
     raise PipelineError(f'no test metrics (mIoU) found under {work_dir}')
 
 
+# Titles of the results tables, one per protocol (suffix of PROTOCOLS).
+PROTOCOL_TITLES = {
+    '': 'GT background ignored (WSSS-Tissue / MLPS protocol)',
+    '_background_as_error': 'tissue predicted on GT background counts as '
+    'error (TPRO / PBIP protocol)',
+}
+
+
 def format_results_table(results: dict, classes: List[str]) -> str:
-    """Markdown table of the pipeline's numbers (mean ± std, IoU in %)."""
+    """Markdown tables of the pipeline's numbers, one per protocol (mean ±
+    std, in %); the pseudo-mask scores (training split) are in the first."""
 
     def pct(value: Optional[float], std: Optional[float]) -> str:
         if value is None:
@@ -556,20 +635,32 @@ def format_results_table(results: dict, classes: List[str]) -> str:
         return f'{100 * value:.2f}' if not std else \
             f'{100 * value:.2f} ± {100 * std:.2f}'
 
-    lines = [
-        '| variant | stage-1 CAM mIoU (test) | pseudo-mask mIoU (train) | '
-        'pseudo-mask precision mIoU | coverage | final mIoU (test) | ' +
-        ' | '.join(classes) + ' |',
-        '|---|---|---|---|---|---|' + '---|' * len(classes),
-    ]
-    for name, entry in results['variants'].items():
-        cells = [pct(entry[key], entry[f'{key}_std']) for key in SCORES]
-        cells += [
-            pct(entry['test_iou'][cls], entry['test_iou_std'][cls])
-            for cls in classes
+    tables = []
+    for suffix, title in PROTOCOL_TITLES.items():
+        columns = [(f'stage-1 CAM {key} (test)', f'stage1_cam_{name}{suffix}')
+                   for name, key in RUN_METRICS.items()]
+        if not suffix:
+            columns += [('pseudo-mask mIoU (train)', 'pseudo_mask_miou'),
+                        ('pseudo-mask precision mIoU',
+                         'pseudo_mask_precision_miou'),
+                        ('coverage', 'pseudo_mask_coverage')]
+        columns += [(f'final {key} (test)', f'test_{name}{suffix}')
+                    for name, key in RUN_METRICS.items()]
+        lines = [
+            f'{title}:', '',
+            '| variant | ' + ' | '.join(head for head, _ in columns) +
+            ' | ' + ' | '.join(classes) + ' |',
+            '|---|' + '---|' * (len(columns) + len(classes))
         ]
-        lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
-    return '\n'.join(lines)
+        for name, entry in results['variants'].items():
+            cells = [pct(entry[key], entry[f'{key}_std']) for _, key in columns]
+            cells += [
+                pct(entry[f'test_iou{suffix}'][cls],
+                    entry[f'test_iou{suffix}_std'][cls]) for cls in classes
+            ]
+            lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
+        tables.append('\n'.join(lines))
+    return '\n\n'.join(tables)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
