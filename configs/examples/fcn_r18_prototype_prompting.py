@@ -5,8 +5,13 @@
 _base_ = 'mmseg::fcn/fcn_r18-d8_4xb2-80k_cityscapes-512x1024.py'
 custom_imports = dict(imports=['protoprompt_mm'], allow_failed_imports=False)
 default_scope = 'mmseg'
+# mmseg's base names model.pretrained='open-mmlab://resnet18_v1c' (a
+# download): here None, and backbone weights only from a local file through
+# `pretrained` (our tools' load_config makes it model.backbone.init_cfg).
+pretrained = None
 model = dict(
     type='ProtoPromptSegmentor',
+    pretrained=None,
     neck=dict(
         type='PrototypeBank',
         in_channels=[64, 128, 256, 512],
@@ -33,3 +38,5 @@ model = dict(
             dict(type='PrototypeContrastiveLoss', loss_weight=0.1),
             dict(type='RegionConsistencyLoss', loss_weight=0.1),
         ]))
+# mmseg's OptimWrapper (SGD) with the cross-rank NaN/Inf loss check.
+optim_wrapper = dict(type='FiniteLossOptimWrapper')

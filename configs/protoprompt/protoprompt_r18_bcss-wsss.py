@@ -6,6 +6,11 @@ _base_ = [
     '../_base_/default_runtime.py',
     '../_base_/schedules/schedule_short.py',
 ]
+# Backbone weights from a local file in our keys (tools/convert_weights.py
+# --from mmpretrain), or None: random init, no download. Set it here, in a
+# child config or by --cfg-options pretrained=PATH: load_config makes it
+# the backbone's init_cfg once every file is merged (README).
+pretrained = None
 train_dataloader = _base_.train_dataloader_pseudo
 # Start from the stage-1 weights (the backbone; keys that stage 2 lacks are
 # skipped): set load_from once, here or on the command line, e.g.

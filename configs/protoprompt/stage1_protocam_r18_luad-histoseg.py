@@ -12,6 +12,11 @@ _base_ = [
     '../_base_/default_runtime.py',
     '../_base_/schedules/schedule_short.py',
 ]
+# Backbone weights from a local file in our keys (tools/convert_weights.py
+# --from mmpretrain), or None: random init, no download. Set it here, in a
+# child config or by --cfg-options pretrained=PATH: load_config makes it
+# the backbone's init_cfg once every file is merged (README).
+pretrained = None
 train_cfg = dict(max_iters=10000, val_interval=1000)
 default_hooks = dict(
     checkpoint=dict(interval=1000, save_best='mIoU', max_keep_ckpts=2))
