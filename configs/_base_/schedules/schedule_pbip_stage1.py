@@ -8,6 +8,8 @@
 # The batch (PBIP: 10 on one GPU) is the runnable config's
 # train_dataloader.batch_size; auto_scale_lr keeps lr / batch when enabled.
 _base_ = './schedule_short.py'
+# Overriding train_cfg.max_epochs (a child config or --cfg-options), set
+# param_scheduler.0.end to the same value: it was evaluated here.
 max_epochs = 8
 optimizer = dict(
     type='AdamW', lr=5e-5, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-3)

@@ -6,6 +6,8 @@
 # poly decay with power 1 to 0. 20k iterations of batch 8 (about 7 epochs
 # of BCSS-WSSS) instead of SegFormer's 160k of batch 16 on ADE20K.
 _base_ = './schedule_short.py'
+# Overriding train_cfg.max_iters, set param_scheduler.1.end to the same
+# value: it was evaluated here.
 max_iters = 20000
 warmup_iters = 1500
 optimizer = dict(
