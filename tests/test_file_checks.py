@@ -1,9 +1,11 @@
 """Bad images and masks are caught when the dataset is built, all at once."""
+import io
 import os
 import os.path as osp
 
 import numpy as np
 import pytest
+from mmengine.utils import ProgressBar
 
 from protoprompt_mm.datasets import BCSSWSSSDataset, HistoManifestDataset
 from protoprompt_mm.datasets.file_checks import check_data_list
@@ -136,3 +138,23 @@ def test_worker_count_is_checked(tmp_path):
         BCSSWSSSDataset(
             data_root=str(tmp_path), split='train', check_workers=0,
             lazy_init=True)
+
+
+def test_large_sets_show_a_progress_bar(tmp_path, monkeypatch):
+    import protoprompt_mm.datasets.file_checks as module
+    bars = []
+
+    def progress_bar(task_num):
+        bars.append(ProgressBar(task_num, file=io.StringIO()))
+        return bars[-1]
+
+    monkeypatch.setattr(module, 'ProgressBar', progress_bar)
+    infos = [dict(img_path=write_image(tmp_path / f'{i}.png'))
+             for i in range(3)]
+    check_data_list(infos, num_classes=3, background_index=3)
+    assert bars == []
+    monkeypatch.setattr(module, 'PROGRESS_MIN_SAMPLES', 3)
+    assert check_data_list(
+        infos, num_classes=3, background_index=3, num_workers=2) == infos
+    assert len(bars) == 1 and bars[0].completed == 3
+    assert '3/3' in bars[0].file.getvalue()
