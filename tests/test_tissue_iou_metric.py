@@ -10,6 +10,7 @@ from mmengine.structures import PixelData
 from mmseg.evaluation import IoUMetric
 from mmseg.registry import METRICS
 from mmseg.structures import SegDataSample
+from PIL import Image
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 BOTH = dict(type='TissueIoUMetric',
@@ -185,3 +186,13 @@ def test_dataset_bases_evaluate_both_protocols_and_train_on_ignore():
     assert loader(cfg.train_pipeline_pseudo).get('keep_background') is None
     assert cfg.val_dataloader.dataset.pipeline == cfg.test_pipeline
     assert isinstance(METRICS.build(cfg.test_evaluator), IoUMetric)
+
+
+def test_output_dir_gets_the_predictions(tmp_path):
+    # tools/test.py --out: mmseg's process still writes the PNGs.
+    cfg = dict(BOTH, output_dir=str(tmp_path))
+    result = evaluate(cfg, [IMAGES[1]])
+    png = np.array(Image.open(tmp_path / 'img.png'))
+    assert png.ravel().tolist() == [1, 7, 0, 0, 0]
+    # A: 2 GT pixels, both right, and a false positive on background.
+    assert result['background_as_error/IoU.A'] == pytest.approx(66.67)

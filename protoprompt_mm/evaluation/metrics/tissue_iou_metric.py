@@ -136,7 +136,9 @@ class TissueIoUMetric(IoUMetric):
                         f'{sample.get("img_path", "an image")}: ground-truth '
                         f'values must be classes 0..{num_classes - 1}, '
                         f'background {self.background_index} or ignore '
-                        f'{self.ignore_index}; got {bad.tolist()}')
+                        f'{self.ignore_index}; got {bad.tolist()} (a dataset '
+                        f'with another background_index needs the same '
+                        f'background_index here)')
         super().process(data_batch, data_samples)
 
     def intersect_and_union(self, pred_label: Tensor, label: Tensor,
