@@ -159,6 +159,10 @@ def test_pbip_stage1_settings(path):
                                                                0.0, 8)
     assert poly.by_epoch and poly.convert_to_iter_based
     assert cfg.auto_scale_lr == dict(enable=False, base_batch_size=10)
+    # PBIP's model selection: the protocol that counts GT background.
+    assert cfg.default_hooks.checkpoint.save_best == \
+        'background_as_error/mIoU'
+    assert 'background_as_error' in cfg.val_evaluator.extra_protocols
 
 
 def train_optim_wrapper(model, cfg):
