@@ -401,9 +401,9 @@ def scipy_region_loss_map(pred, target, connectivity, min_region_size):
                 inside = torch.from_numpy(components == region)
                 if inside.sum() < min_region_size:
                     continue
-                region_log_probs = log_probs[b][inside]
-                mean = region_log_probs.exp().mean(0)
-                out[b][inside] = (mean * (mean.log() - region_log_probs)).sum(1)
+                region = log_probs[b][inside]
+                mean = region.exp().mean(0)
+                out[b][inside] = (mean * (mean.log() - region)).sum(1)
     return out
 
 

@@ -2,11 +2,11 @@
 import copy
 
 import torch
-from mmengine.optim import OptimWrapper
 from mmengine.structures import PixelData
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 
+from protoprompt_mm.engine.optim_wrappers import FiniteLossOptimWrapper
 from protoprompt_mm.utils import load_config
 
 MODEL_CFG = 'configs/_base_/models/protoprompt_r18.py'
@@ -38,7 +38,8 @@ def tiny_model_cfg(**decode_head):
 
 def train_one_step(model, data):
     model.train()
-    wrapper = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.01))
+    wrapper = FiniteLossOptimWrapper(
+        torch.optim.SGD(model.parameters(), lr=0.01))
     return model.train_step(data, wrapper)
 
 

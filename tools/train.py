@@ -1,17 +1,16 @@
 """Train a ProtoPrompt-MM (or any mmseg) config with mmengine's Runner.
 
-Same command line as mmseg's ``tools/train.py``.
+Same command line as mmseg's ``tools/train.py``; ``--amp`` also takes
+``fp16`` or ``bf16`` (see :func:`protoprompt_mm.engine.amp.configure_amp`).
 """
 import argparse
-import logging
 import os
 
-import torch
 from mmengine.config import DictAction
-from mmengine.logging import print_log
 from mmengine.runner import Runner
 
 from mmseg.registry import RUNNERS
+from protoprompt_mm.engine.amp import AMP_CHOICES, AMP_DEFAULT, configure_amp
 from protoprompt_mm.utils import (init_cpu_process_group, load_runner_config,
                                   set_training_start)
 
@@ -27,7 +26,14 @@ def parse_args() -> argparse.Namespace:
         '(load_from is then not used), or, when it has none, start a new '
         'run from load_from')
     parser.add_argument(
-        '--amp', action='store_true', help='mixed-precision training (GPU)')
+        '--amp',
+        nargs='?',
+        const=AMP_DEFAULT,
+        choices=(*AMP_CHOICES, AMP_DEFAULT),
+        metavar='{' + ','.join(AMP_CHOICES) + '}',
+        help='mixed-precision training on a GPU: --amp fp16 (GradScaler), '
+        '--amp bf16 (no loss scaling); plain --amp is fp16, or the '
+        "config's AMP settings if it has them. fp32 on a CPU-only machine")
     parser.add_argument(
         '--cfg-options',
         nargs='+',
@@ -44,30 +50,11 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def enable_amp(cfg) -> None:
-    """Switch the optimizer wrapper to AMP, or keep fp32 without a GPU."""
-    if not torch.cuda.is_available():
-        print_log('--amp needs a CUDA device; training in fp32 on the CPU.',
-                  logger='current', level=logging.WARNING)
-        return
-    wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
-    if wrapper == 'AmpOptimWrapper':
-        print_log('AMP is already enabled in the config.', logger='current',
-                  level=logging.WARNING)
-        return
-    if wrapper != 'OptimWrapper':
-        raise ValueError('--amp needs optim_wrapper.type=OptimWrapper, got '
-                         f'{wrapper}')
-    cfg.optim_wrapper.type = 'AmpOptimWrapper'
-    cfg.optim_wrapper.loss_scale = 'dynamic'
-
-
 def main() -> None:
     args = parse_args()
     cfg = load_runner_config(args.config, args.cfg_options, args.launcher,
                              args.work_dir)
-    if args.amp:
-        enable_amp(cfg)
+    configure_amp(cfg, args.amp)
     set_training_start(cfg, args.resume)
     backend = cfg.get('env_cfg', {}).get('dist_cfg', {}).get('backend', 'gloo')
     if init_cpu_process_group(args.launcher, backend):

@@ -1,2 +1,2 @@
-"""Runner hooks."""
-from . import hooks  # noqa: F401
+"""Runner hooks and optim wrappers."""
+from . import hooks, optim_wrappers  # noqa: F401

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 from ..apis.model_loading import init_segmentor
 from ..models.necks.prototype_bank import PrototypeBank
 from ..models.utils import cosine_kmeans, stack_img_labels
+from ..utils import failure_on_any_rank_raises_on_all
 
 # Keys an ``image_bank`` dataloader config may hold. Images are always read
 # in order, unsharded and unshuffled, so sampler settings do not apply.
@@ -436,7 +437,11 @@ def build_prototype_bank(model: nn.Module,
 
     DDP: the images are embedded on rank 0 only (the dataloader is not
     sharded) and the result is broadcast, so every rank gets identical
-    prototypes; the other ranks do not iterate the dataloader.
+    prototypes; the other ranks do not iterate the dataloader. An error on
+    rank 0 reaches every rank (see
+    :func:`~protoprompt_mm.utils.failure_on_any_rank_raises_on_all`): rank
+    0 raises it, the others a ``RuntimeError`` quoting it, and none is left
+    waiting in the broadcast.
 
     Args:
         model: The segmentor whose PrototypeBank receives the prototypes
@@ -463,6 +468,7 @@ def build_prototype_bank(model: nn.Module,
         TypeError: If ``model`` or ``encoder`` has no PrototypeBank neck.
         ValueError: If the embed dims differ, or a class has no
             single-label image (or too few tissue pixels for K clusters).
+        RuntimeError: On the other ranks, when rank 0 failed.
     """
     bank = find_prototype_bank(model)
     embedder = unwrap_model(model if encoder is None else encoder)
@@ -477,55 +483,62 @@ def build_prototype_bank(model: nn.Module,
             f'encoder prototype embed_dim={embed_bank.embed_dim} does not '
             f"match the model's prototype embed_dim={bank.embed_dim}")
     prototypes = torch.zeros(num_classes, num_prototypes, bank.embed_dim)
-    if get_rank() == 0:
-        names = image_bank_classes(dataloader, num_classes)
-        was_training = embedder.training
-        embedder.eval()
-        try:
-            with torch.no_grad():
-                single, shared = _collect_class_features(
-                    embedder, embed_bank, dataloader, num_classes,
-                    num_prototypes, max_images_per_class, tissue_threshold)
-        finally:
-            embedder.train(was_training)
-        for cls, name in enumerate(names):
-            pool, kind = single, 'single-label'
-            if single.count(cls) == 0:
-                if shared.count(cls) == 0:
-                    raise ValueError(
-                        f'class {cls} ({name}): no single-label image in the '
-                        'image bank, and no image whose img_labels include '
-                        f'it; {num_prototypes} prototypes need images of it')
-                pool, kind = shared, 'multi-label'
-                print_log(
-                    f'class {cls} ({name}): no single-label image; its '
-                    f'prototypes come from {shared.count(cls)} multi-label '
-                    'image(s) that include it (mixed with other classes)',
-                    logger='current',
-                    level=logging.WARNING)
-            count = pool.count(cls)
-            if count >= num_prototypes:
-                points = torch.stack(pool.image_vecs[cls])
-            else:
-                points = torch.cat(pool.pixel_feats[cls])
-                print_log(
-                    f'class {cls} ({name}): only {count} {kind} '
-                    f'image(s) for {num_prototypes} prototypes; clustering '
-                    f'their {points.shape[0]} tissue-pixel embeddings instead',
-                    logger='current',
-                    level=logging.WARNING)
-                if points.shape[0] < num_prototypes:
-                    raise ValueError(
-                        f'class {cls} ({name}): {points.shape[0]} tissue '
-                        f'pixels are too few for {num_prototypes} prototypes')
-            prototypes[cls] = cosine_kmeans(points, num_prototypes,
-                                            num_iters, seed)
-        print_log(
-            'Prototype init: single-label images per class: ' + ', '.join(
-                f'{name}={single.count(cls)}'
-                for cls, name in enumerate(names)) +
-            f' (cap {max_images_per_class}, K={num_prototypes})',
-            logger='current')
+    # Only rank 0 reads the image bank; its failure must reach the ranks
+    # that would otherwise wait for its prototypes in broadcast.
+    with failure_on_any_rank_raises_on_all('Prototype init on rank 0'):
+        if get_rank() == 0:
+            names = image_bank_classes(dataloader, num_classes)
+            was_training = embedder.training
+            embedder.eval()
+            try:
+                with torch.no_grad():
+                    single, shared = _collect_class_features(
+                        embedder, embed_bank, dataloader, num_classes,
+                        num_prototypes, max_images_per_class, tissue_threshold)
+            finally:
+                embedder.train(was_training)
+            for cls, name in enumerate(names):
+                pool, kind = single, 'single-label'
+                if single.count(cls) == 0:
+                    if shared.count(cls) == 0:
+                        raise ValueError(
+                            f'class {cls} ({name}): no single-label image in '
+                            'the image bank, and no image whose img_labels '
+                            f'include it; {num_prototypes} prototypes need '
+                            'images of it')
+                    pool, kind = shared, 'multi-label'
+                    print_log(
+                        f'class {cls} ({name}): no single-label image; its '
+                        f'prototypes come from {shared.count(cls)} '
+                        'multi-label image(s) that include it (mixed with '
+                        'other classes)',
+                        logger='current',
+                        level=logging.WARNING)
+                count = pool.count(cls)
+                if count >= num_prototypes:
+                    points = torch.stack(pool.image_vecs[cls])
+                else:
+                    points = torch.cat(pool.pixel_feats[cls])
+                    print_log(
+                        f'class {cls} ({name}): only {count} {kind} '
+                        f'image(s) for {num_prototypes} prototypes; '
+                        f'clustering their {points.shape[0]} tissue-pixel '
+                        'embeddings instead',
+                        logger='current',
+                        level=logging.WARNING)
+                    if points.shape[0] < num_prototypes:
+                        raise ValueError(
+                            f'class {cls} ({name}): {points.shape[0]} '
+                            'tissue pixels are too few for '
+                            f'{num_prototypes} prototypes')
+                prototypes[cls] = cosine_kmeans(points, num_prototypes,
+                                                num_iters, seed)
+            print_log(
+                'Prototype init: single-label images per class: ' + ', '.join(
+                    f'{name}={single.count(cls)}'
+                    for cls, name in enumerate(names)) +
+                f' (cap {max_images_per_class}, K={num_prototypes})',
+                logger='current')
     broadcast(prototypes, src=0)
     return prototypes
 

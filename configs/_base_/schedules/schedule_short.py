@@ -1,7 +1,13 @@
 # Iteration-based AdamW schedule; max_iters / val_interval are overridden by
 # the runnable configs (short on CPU, longer on the real datasets).
 optimizer = dict(type='AdamW', lr=1e-3, betas=(0.9, 0.999), weight_decay=1e-4)
-optim_wrapper = dict(type='OptimWrapper', optimizer=optimizer, clip_grad=None)
+# A NaN/Inf loss on any rank stops every rank, naming the loss terms and the
+# iteration (on_nonfinite='skip' skips the step on every rank instead).
+optim_wrapper = dict(
+    type='FiniteLossOptimWrapper',
+    optimizer=optimizer,
+    clip_grad=None,
+    on_nonfinite='raise')
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=20),
     dict(type='PolyLR', eta_min=1e-5, power=0.9, begin=20, by_epoch=False),

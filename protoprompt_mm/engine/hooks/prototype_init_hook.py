@@ -22,7 +22,9 @@ class PrototypeInitHook(Hook):
     In ``before_train`` the images of the image bank are embedded and
     clustered into K prototypes per class (see
     :func:`~protoprompt_mm.engine.prototype_bank_builder.build_prototype_bank`
-    for the embedding, the fallback and DDP) and loaded with
+    for the embedding, the fallback and DDP: rank 0 reads the image bank,
+    and an error there is raised on every rank instead of leaving the others
+    waiting for its prototypes) and loaded with
     ``PrototypeBank.load_prototypes``. Nothing happens when a checkpoint was
     resumed or loaded through ``load_from`` (its prototypes win), or when
     the bank was initialised from its ``init_prototypes`` file.

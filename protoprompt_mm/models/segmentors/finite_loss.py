@@ -1,30 +1,36 @@
-"""Stop a training step before a non-finite loss reaches the optimizer."""
+"""Name the terms of a non-finite loss for the finite-loss optim wrappers."""
 from typing import Dict, Tuple
 
-import torch
 from torch import Tensor
+
+from ...utils import record_loss_terms
 
 
 class FiniteLossMixin:
-    """Mixin for ``BaseModel`` subclasses: ``parse_losses`` refuses NaN/Inf.
+    """Mixin for ``BaseModel`` subclasses: ``parse_losses`` records the terms.
 
-    ``BaseModel.train_step`` calls ``parse_losses`` between the forward pass
-    and ``optim_wrapper.update_params``, so raising here guarantees that no
-    NaN gradient is ever applied to the weights.
+    ``train_step`` (``BaseModel``'s or ``MMDistributedDataParallel``'s)
+    calls ``parse_losses`` between the forward pass and
+    ``optim_wrapper.update_params``. The loss terms are kept (detached, no
+    host read) for the ``FiniteLossOptimWrapper`` /
+    ``FiniteLossAmpOptimWrapper`` of the configs, which agrees across ranks
+    on a non-finite loss and then raises on every rank, naming these terms,
+    before the optimizer step, or skips the step on every rank. A raise
+    here, on one rank only, would leave the others waiting in DDP's gradient
+    all-reduce.
     """
 
     def parse_losses(
         self, losses: Dict[str, Tensor]
     ) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """``BaseModel.parse_losses``, recording the terms for this step.
+
+        Args:
+            losses: Raw outputs of the ``loss`` forward.
+
+        Returns:
+            tuple[Tensor, dict]: The total loss and the logged variables.
+        """
         loss, log_vars = super().parse_losses(losses)
-        if not torch.isfinite(loss):
-            bad = sorted(
-                name for name, value in losses.items() if 'loss' in name
-                and not all(torch.isfinite(v).all() for v in (
-                    value if isinstance(value, (list, tuple)) else [value])))
-            raise FloatingPointError(
-                f'{type(self).__name__}: non-finite training loss '
-                f'({float(loss)}) from {bad or "the total"}; the optimizer '
-                'step was not taken. Check the learning rate, the inputs and '
-                'the pseudo-labels of this batch.')
+        record_loss_terms(log_vars)
         return loss, log_vars
