@@ -31,8 +31,9 @@ class CAMSegmentor(FiniteLossMixin, BaseSegmentor):
     test-time scales and flips (:meth:`inference`), gated by image-level
     labels and resized to the original image size. ``seg_logits`` are the
     gated CAMs (N, H, W) in [0, 1] and ``pred_sem_seg`` their arg-max over
-    the kept classes, so ``IoUMetric`` scores the CAMs directly. A
-    non-finite loss raises ``FloatingPointError`` before the optimizer step.
+    the kept classes, so ``IoUMetric`` scores the CAMs directly. With the
+    configs' ``FiniteLossOptimWrapper`` a non-finite loss stops every rank
+    before the optimizer step, naming its terms.
 
     Args:
         backbone: Backbone config.

@@ -18,8 +18,9 @@ class ProtoPromptSegmentor(FiniteLossMixin, EncoderDecoder):
     Identical to ``EncoderDecoder`` except that, after the decode head's
     losses of a training step, a ``PrototypeBank`` neck in ``'momentum'`` mode
     is updated with that step's pixel embeddings and (pseudo-)labels. With a
-    ``'learned'`` bank it behaves like ``EncoderDecoder``. A non-finite loss
-    raises ``FloatingPointError`` before the optimizer step.
+    ``'learned'`` bank it behaves like ``EncoderDecoder``. With the configs'
+    ``FiniteLossOptimWrapper`` a non-finite loss stops every rank before the
+    optimizer step, naming its terms.
     """
 
     def _decode_head_forward_train(self, inputs: List[Tensor],
