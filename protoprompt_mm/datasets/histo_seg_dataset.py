@@ -10,13 +10,8 @@ from mmseg.registry import TRANSFORMS
 from .file_checks import check_data_list
 from .transforms.load_histo_annotations import check_label_ids
 
-# Transform arguments that must agree with the dataset (see
-# :func:`complete_pipeline`).
-DATASET_TRANSFORM_ARGS = ('num_classes', 'background_index')
 
-
-def complete_pipeline(pipeline: Sequence, dataset: str,
-                      **values: int) -> list:
+def complete_pipeline(pipeline: Sequence, dataset: str, **values: int) -> list:
     """Give the pipeline's transforms the dataset's class count.
 
     Every transform config (nested ones of wrappers such as
