@@ -1,7 +1,6 @@
 """Base of the histology datasets: classes from metainfo, files checked."""
 import copy
 import inspect
-import os.path as osp
 from typing import List, Optional, Sequence
 
 from mmseg.datasets import BaseSegDataset
@@ -134,12 +133,6 @@ class HistoSegDataset(BaseSegDataset):
                 num_classes=len(classes),
                 background_index=self.background_index),
             **kwargs)
-
-    def resolve_path(self, path: str) -> str:
-        """Join a relative path with ``data_root``."""
-        if self.data_root and not osp.isabs(path):
-            return osp.join(self.data_root, path)
-        return path
 
     def collect_data_list(self) -> List[dict]:
         """The data infos before the file check; implemented by subclasses.

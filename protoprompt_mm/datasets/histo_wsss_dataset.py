@@ -86,6 +86,12 @@ class HistoWSSSDataset(HistoSegDataset):
             seg_map_suffix=seg_map_suffix,
             **kwargs)
 
+    def _resolve_path(self, path: str) -> str:
+        """Join a relative path with ``data_root``."""
+        if self.data_root and not osp.isabs(path):
+            return osp.join(self.data_root, path)
+        return path
+
     def _resolve_split_prefix(self) -> dict:
         """Pick the first existing folders of ``self.split``.
 
@@ -98,13 +104,13 @@ class HistoWSSSDataset(HistoSegDataset):
         candidates = _SPLIT_FOLDERS[self.split]
         for img_dir, mask_dir in candidates:
             if fileio.isdir(
-                    self.resolve_path(img_dir),
+                    self._resolve_path(img_dir),
                     backend_args=self.backend_args):
-                prefix = dict(img_path=self.resolve_path(img_dir))
+                prefix = dict(img_path=self._resolve_path(img_dir))
                 if mask_dir is not None:
-                    prefix['seg_map_path'] = self.resolve_path(mask_dir)
+                    prefix['seg_map_path'] = self._resolve_path(mask_dir)
                 return prefix
-        tried = [self.resolve_path(img_dir) for img_dir, _ in candidates]
+        tried = [self._resolve_path(img_dir) for img_dir, _ in candidates]
         raise FileNotFoundError(
             f'No image folder for split {self.split!r}: none of {tried} '
             f'exists')
@@ -150,7 +156,7 @@ class HistoWSSSDataset(HistoSegDataset):
         if not self._explicit_prefix:
             self.data_prefix = self._resolve_split_prefix()
         if self.pseudo_mask_dir is not None:
-            self.data_prefix['seg_map_path'] = self.resolve_path(
+            self.data_prefix['seg_map_path'] = self._resolve_path(
                 self.pseudo_mask_dir)
         img_dir = self.data_prefix.get('img_path', '')
         ann_dir = self.data_prefix.get('seg_map_path')
