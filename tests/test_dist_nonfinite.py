@@ -1,6 +1,8 @@
 """A failure on one of 2 gloo ranks reaches both, within a timeout: a NaN
 loss in FiniteLossOptimWrapper (raise and skip) and PrototypeInitHook's
-rank-0 image-bank pass."""
+rank-0 image-bank pass; the Runner's iteration in the message; every config
+uses the wrapper."""
+import glob
 import os.path as osp
 import time
 from datetime import timedelta
@@ -21,6 +23,8 @@ from protoprompt_mm.engine.optim_wrappers import (FiniteLossOptimWrapper,
 from protoprompt_mm.engine.prototype_bank_builder import \
     build_prototype_record
 from protoprompt_mm.models.segmentors.finite_loss import FiniteLossMixin
+from protoprompt_mm.utils import load_config
+from test_amp_cpu import REPO
 from test_distributed import free_port
 from test_prototype_init_hook import (tiny_model_cfg, train_dataloader_cfg,
                                       write_tiny_data)
@@ -189,3 +193,17 @@ def test_runner_names_the_iteration(tmp_path, policy):
         runner.train()
         assert runner.iter == 3
         assert torch.isfinite(runner.model.linear.weight).all()
+
+
+def test_every_config_trains_with_a_finite_loss_wrapper():
+    configs = [
+        path for path in glob.glob(
+            osp.join(REPO, 'configs', '**', '*.py'), recursive=True)
+        if '_base_' not in path
+    ]
+    assert configs
+    for path in configs:
+        wrapper = load_config(path).optim_wrapper
+        assert wrapper.type in ('FiniteLossOptimWrapper',
+                                'FiniteLossAmpOptimWrapper'), path
+        assert wrapper.get('on_nonfinite', 'raise') == 'raise', path
