@@ -1,5 +1,6 @@
 """Bad images and masks are caught when the dataset is built, all at once."""
 import io
+import logging
 import os
 import os.path as osp
 
@@ -53,7 +54,11 @@ def test_every_bad_training_image_is_named_in_one_error(tmp_path):
     assert 'skip_invalid=True' in message
 
 
-def test_skip_invalid_logs_and_drops_the_bad_files(tmp_path, capsys):
+def test_skip_invalid_logs_and_drops_the_bad_files(tmp_path, monkeypatch):
+    import protoprompt_mm.datasets.file_checks as module
+    logged = []
+    monkeypatch.setattr(module, 'print_log',
+                        lambda msg, logger, level: logged.append((msg, level)))
     train = tmp_path / 'training'
     good = write_image(train / 'good[1000].png')
     cut = truncate(write_image(train / 'cut[0100].png'))
@@ -61,9 +66,10 @@ def test_skip_invalid_logs_and_drops_the_bad_files(tmp_path, capsys):
         data_root=str(tmp_path), split='train', skip_invalid=True)
     assert [dataset.get_data_info(i)['img_path']
             for i in range(len(dataset))] == [good]
-    logged = capsys.readouterr().out
-    assert 'WARNING - BCSSWSSSDataset: skipping 1 of 2 samples' in logged
-    assert f'{cut}: not a readable image' in logged
+    (message, level), = logged
+    assert level == logging.WARNING
+    assert message.startswith('BCSSWSSSDataset: skipping 1 of 2 samples')
+    assert f'{cut}: not a readable image' in message
     (tmp_path / 'training' / 'good[1000].png').unlink()
     with pytest.raises(ValueError, match='all 1 samples have bad files'):
         BCSSWSSSDataset(
