@@ -286,3 +286,14 @@ def test_aggregate_means_and_sample_stds_over_seeds():
     assert ('| full | 60.00 ± 10.00 | 60.00 ± 10.00 | 60.00 ± 10.00 | '
             '60.00 ± 10.00 | 60.00 ± 10.00 | 60.00 ± 10.00 | 10.00 | '
             '60.00 ± 14.14 |') in as_error
+
+
+def test_every_preset_names_existing_configs():
+    module = load_run_pipeline()
+    assert {'bcss-wsss-pbip', 'luad-histoseg-pbip'} <= set(module.PRESETS)
+    for name, preset in module.PRESETS.items():
+        for variant in preset.variants.values():
+            for config in (variant.stage1, variant.stage2):
+                assert config is None or osp.isfile(config), (name, config)
+    pbip = module.PRESETS['bcss-wsss-pbip'].variants['full']
+    assert osp.basename(pbip.stage1) == 'stage1_protocam_mit-b1_bcss-wsss.py'

@@ -1,8 +1,8 @@
 """The whole WSSS pipeline in one command, through the project's own tools.
 
     python tools/run_pipeline.py --data-root DIR --work-dir W \
-        [--preset demo|bcss-wsss|luad-histoseg] [--variants full ...] \
-        [--seeds 0 1 2]
+        [--preset demo|ablation|bcss-wsss[-pbip]|luad-histoseg[-pbip]] \
+        [--variants full ...] [--seeds 0 1 2]
 
 A variant is a stage-1 + stage-2 pair. Steps (each a subprocess of a script
 in ``tools/``, with mmengine's logs): synthetic data (``demo`` preset, when
@@ -112,19 +112,21 @@ def _prototype_encoders(dataset: str) -> Dict[str, str]:
     }
 
 
-def _full_config(dataset: str) -> str:
-    return osp.join(CONFIG_DIR, f'protoprompt_r18_{dataset}.py')
+def _full_config(dataset: str, backbone: str = 'r18') -> str:
+    return osp.join(CONFIG_DIR, f'protoprompt_{backbone}_{dataset}.py')
 
 
-def _real_data_preset(dataset: str, classes: List[str]) -> Preset:
-    stage1 = osp.join(CONFIG_DIR, f'stage1_protocam_r18_{dataset}.py')
+def _real_data_preset(dataset: str, classes: List[str],
+                      backbone: str = 'r18') -> Preset:
+    stage1 = osp.join(CONFIG_DIR, f'stage1_protocam_{backbone}_{dataset}.py')
     return Preset(
-        variants={'full': Variant(stage1, _full_config(dataset))},
+        variants={'full': Variant(stage1, _full_config(dataset, backbone))},
         default_variants=['full'],
         classes=classes)
 
 
 BCSS_CLASSES = ['TUM', 'STR', 'LYM', 'NEC']
+LUAD_CLASSES = ['TE', 'NEC', 'LYM', 'TAS']
 PRESETS = {
     # make demo: the full variant only, its prototypes embedded by its own
     # (untrained) backbone, to stay under 10 minutes.
@@ -141,9 +143,13 @@ PRESETS = {
         classes=BCSS_CLASSES,
         synthetic=True,
         prototype_encoders=_prototype_encoders('synthetic')),
+    # Real data: ResNet-18 (CPU-sized) or PBIP's MiT-B1 stage 1 (GPU; set
+    # `pretrained` with --stage1-options / --stage2-options).
     'bcss-wsss': _real_data_preset('bcss-wsss', BCSS_CLASSES),
-    'luad-histoseg': _real_data_preset('luad-histoseg',
-                                       ['TE', 'NEC', 'LYM', 'TAS']),
+    'luad-histoseg': _real_data_preset('luad-histoseg', LUAD_CLASSES),
+    'bcss-wsss-pbip': _real_data_preset('bcss-wsss', BCSS_CLASSES, 'mit-b1'),
+    'luad-histoseg-pbip': _real_data_preset('luad-histoseg', LUAD_CLASSES,
+                                            'mit-b1'),
 }
 SYNTHETIC_DEFAULTS = dict(
     num_train=400, num_val=60, num_test=60, size=224, difficulty='standard')
