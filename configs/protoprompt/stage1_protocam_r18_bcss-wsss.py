@@ -20,8 +20,9 @@ pretrained = None
 train_cfg = dict(max_iters=10000, val_interval=1000)
 default_hooks = dict(
     checkpoint=dict(interval=1000, save_best='mIoU', max_keep_ckpts=2))
-# val_evaluator / test_evaluator: the dataset base's mIoU (TissueIoUMetric,
-# per-class IoU included) of the CAMs; GT background is 255, so ignored.
+# val_evaluator / test_evaluator: the dataset base's TissueIoUMetric of the
+# CAMs (mIoU, mDice, FwIoU, per-class IoU) under both protocols: GT
+# background ignored (plain keys) and counted as error (background_as_error/).
 # The CAM thresholds of tools/generate_pseudo_masks.py (pseudo_label_cfg,
 # from the model base) were tuned on the synthetic data (no training GT
 # here): check them on a few hand-labelled patches with --gt-dir, and

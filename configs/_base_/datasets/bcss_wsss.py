@@ -1,4 +1,5 @@
-# BCSS-WSSS (TUM, STR, LYM, NEC; mask index 4 = background -> ignored).
+# BCSS-WSSS (TUM, STR, LYM, NEC; mask index 4 = background: ignored in
+# training, kept in val / test for the background_as_error protocol).
 #
 # Stage 1 trains on image-level labels only (`train_dataloader`). Stage 2
 # trains on pseudo masks with one assignment in the stage-2 config:

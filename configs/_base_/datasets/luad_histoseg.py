@@ -1,4 +1,5 @@
-# LUAD-HistoSeg (TE, NEC, LYM, TAS; mask index 4 = background -> ignored).
+# LUAD-HistoSeg (TE, NEC, LYM, TAS; mask index 4 = background: ignored in
+# training, kept in val / test for the background_as_error protocol).
 # Same layout, pipelines and loaders as BCSS-WSSS; stage-2 override: see
 # bcss_wsss.py.
 _base_ = './bcss_wsss.py'
