@@ -7,8 +7,13 @@
         [--cfg-options ...] [--launcher none|pytorch]
 
 Writes ``DIR/<image name>.png`` (class ids, 255 = unsure) for the images of
-``--split``, see :mod:`protoprompt_mm.apis.pseudo_masks`. The training
-split is gated by the image labels of its file names; val / test by the
+``--split``, see :mod:`protoprompt_mm.apis.pseudo_masks`: of the training
+dataset config with that split for the folder datasets (BCSS-WSSS,
+LUAD-HistoSeg, synthetic), of the split's own dataloader for a manifest
+(``HistoManifestDataset``), whose image paths, minus their extension, name
+the masks; the manifest base's ``train_dataloader_pseudo`` reads them from
+``--out <data_root>/pseudo_masks``. The training split is gated by its
+image labels (of the file names, or of the manifest); val / test by the
 model's predicted labels (``model.test_cfg.cls_thresh``), or, with
 ``--oracle-labels``, by the labels of their ground-truth masks, and the
 scores then say "oracle". Where ground truth exists it prints and writes to
@@ -31,7 +36,7 @@ from protoprompt_mm.datasets.transforms import THRESH_MODES
 from protoprompt_mm.utils import init_cpu_process_group, load_config
 
 GATING_TEXT = dict(
-    image_labels='gated by the image labels of the file names',
+    image_labels='gated by the image labels (file names or manifest)',
     predicted='gated by the predicted image labels',
     oracle='ORACLE: gated by the labels of the ground-truth masks')
 
@@ -47,7 +52,8 @@ def parse_args() -> argparse.Namespace:
         '--split',
         default='train',
         choices=['train', 'val', 'test'],
-        help='split of the training dataset config to label')
+        help='split to label: the training dataset config with that split '
+        "(folder datasets) or the split's dataloader (manifests)")
     parser.add_argument(
         '--oracle-labels',
         action='store_true',

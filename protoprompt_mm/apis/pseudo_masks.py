@@ -1,16 +1,18 @@
 """Stage-2 pseudo masks from a stage-1 CAM model's CAMs, and their scores.
 
-:func:`generate_pseudo_masks` labels one split of the config's
-``train_dataloader`` dataset (:func:`build_label_dataset`): its images are
-loaded with the config's test pipeline (no random augmentation; for the
-training split minus its mask loaders; ``test_dataloader.num_workers``
-workers), batched (images of a batch must have one size) and run through
-the model's own prediction (``CAMSegmentor.predict``): fused multi-level
-CAMs averaged over the scales and horizontal flips, gated by image-level
-labels and resized to the image size. The gating (:func:`gating_mode`):
+:func:`generate_pseudo_masks` labels one split of the config's dataset
+(:func:`build_label_dataset`: the ``train_dataloader`` dataset with that
+``split`` for the folder datasets, the split's own dataloader dataset for
+``HistoManifestDataset``): its images are loaded with the config's test
+pipeline (no random augmentation; for the training split minus its mask
+loaders; ``test_dataloader.num_workers`` workers), batched (images of a
+batch must have one size) and run through the model's own prediction
+(``CAMSegmentor.predict``): fused multi-level CAMs averaged over the scales
+and horizontal flips, gated by image-level labels and resized to the image
+size. The gating (:func:`gating_mode`):
 
-- ``'image_labels'``, the training split: the labels of the file names,
-  the weak supervision stage 1 was trained on;
+- ``'image_labels'``, the training split: the labels of the file names
+  (or of the manifest), the weak supervision stage 1 was trained on;
 - ``'predicted'``, val / test by default: the model's predicted labels
   (probability > ``model.test_cfg.cls_thresh``, the top class if none);
 - ``'oracle'``, val / test with ``oracle_labels``: labels read from the
@@ -18,21 +20,25 @@ labels and resized to the image size. The gating (:func:`gating_mode`):
 
 :func:`~protoprompt_mm.datasets.transforms.cams_to_pseudo_label` with the
 config's ``pseudo_label_cfg`` (:func:`pseudo_label_params`) turns the gated
-CAMs into ``<out>/<image name>.png``: uint8 palette PNGs with class ids and
-255 (unsure, not trained on). ``save_cams`` also writes
+CAMs into ``<out>/<image name>.png`` (:func:`image_name`; for a manifest
+the image path as written minus its extension, where the manifest base's
+``train_dataloader_pseudo`` reads them with ``out`` =
+``<data_root>/pseudo_masks``): uint8 palette PNGs with class ids and 255
+(unsure, not trained on). ``save_cams`` also writes
 ``<out>/<image name>.npy``, the float16 gated CAMs (N, H, W), which
 ``LoadCAMPseudoLabel`` can read instead of the PNGs. With ``force``, files
 of an earlier run that this run does not rewrite are left in place.
 
-Scores, when ground-truth masks exist (``gt_dir``; by default
-``<data_root>/training_gt`` for the training split, the split's mask folder
-otherwise): :class:`PseudoMaskScorer`, written with the run's settings to
-``<out>/pseudo_mask_metrics.json``.
+Scores, when ground-truth masks exist (:func:`ground_truth_masks`:
+``gt_dir``; by default ``<data_root>/training_gt`` for the training split,
+the split's own masks otherwise): :class:`PseudoMaskScorer`, written with
+the run's settings to ``<out>/pseudo_mask_metrics.json``.
 
 In a distributed run every rank handles every world_size-th image and the
 scores are summed over the ranks.
 """
 import copy
+import inspect
 import json
 import os
 import os.path as osp
@@ -80,7 +86,7 @@ def gating_mode(split: str, oracle_labels: bool = False) -> str:
         if oracle_labels:
             raise ValueError(
                 'oracle labels apply to val / test only: the training split '
-                'is gated by the image labels of its file names')
+                'is gated by its image labels (file names or manifest)')
         return 'image_labels'
     return 'oracle' if oracle_labels else 'predicted'
 
@@ -143,12 +149,17 @@ def pseudo_mask_of(result: SegDataSample,
 
 
 def build_label_dataset(cfg: Config, split: str) -> Dataset:
-    """The ``train_dataloader`` dataset for ``split``, loaded for testing.
+    """The dataset of ``split``, loaded for testing.
 
-    Its pipeline is the ``test_dataloader`` pipeline; for the training split
-    (no masks) without the transforms that load masks (subclasses of
-    mmseg's ``LoadAnnotations``). Val / test keep them: their image labels
-    (oracle gating) and scores come from the masks.
+    A dataset class that takes ``split`` (the folder datasets: BCSS-WSSS,
+    LUAD-HistoSeg, synthetic) is built from the ``train_dataloader`` dataset
+    with that ``split`` (and no ``pseudo_mask_dir``); any other (e.g.
+    ``HistoManifestDataset``, one manifest per split) from the split's own
+    ``<split>_dataloader`` dataset. Its pipeline is the ``test_dataloader``
+    pipeline; for the training split (no masks) without the transforms that
+    load masks (subclasses of mmseg's ``LoadAnnotations``). Val / test keep
+    them: their image labels (oracle gating) and scores come from the
+    masks.
 
     Args:
         cfg: A stage-1 config.
@@ -156,10 +167,27 @@ def build_label_dataset(cfg: Config, split: str) -> Dataset:
 
     Returns:
         Dataset: The dataset.
+
+    Raises:
+        KeyError: If the dataset is built from ``<split>_dataloader`` and
+            the config has none.
     """
     dataset_cfg = copy.deepcopy(cfg.train_dataloader.dataset)
-    dataset_cfg.pop('pseudo_mask_dir', None)
-    dataset_cfg['split'] = split
+    dataset_type = dataset_cfg.get('type')
+    dataset_cls = dataset_type if inspect.isclass(dataset_type) else \
+        DATASETS.get(dataset_type)
+    if dataset_cls is not None and 'split' in inspect.signature(
+            dataset_cls).parameters:
+        dataset_cfg.pop('pseudo_mask_dir', None)
+        dataset_cfg['split'] = split
+    elif split != 'train':
+        loader = f'{split}_dataloader'
+        if not cfg.get(loader):
+            raise KeyError(
+                f'{cfg.filename}: {dataset_type} has no split argument, so '
+                f'--split {split} labels the dataset of {loader}, which the '
+                'config does not have')
+        dataset_cfg = copy.deepcopy(cfg[loader].dataset)
     pipeline = cfg.test_dataloader.dataset.pipeline
     if split == 'train':
         pipeline = [
@@ -170,14 +198,52 @@ def build_label_dataset(cfg: Config, split: str) -> Dataset:
     return DATASETS.build(dataset_cfg)
 
 
-def default_gt_dir(dataset: Dataset, split: str) -> Optional[str]:
-    """``<data_root>/training_gt`` for train, the split's masks otherwise;
-    None when that folder does not exist."""
-    if split == 'train':
+def ground_truth_masks(
+        dataset: Dataset, split: str, gt_dir: Optional[str] = None
+) -> Tuple[Optional[str], Optional[Dict[str, str]]]:
+    """The ground-truth mask of every image of ``dataset``, for the scores.
+
+    - ``gt_dir`` given: ``<gt_dir>/<image name><seg_map_suffix>`` (see
+      :func:`image_name`);
+    - else for the training split: the same names in
+      ``<data_root>/training_gt``, when that folder exists;
+    - else (val / test): the dataset's own masks, the ``seg_map_path`` of
+      every sample (the split's mask folder of the folder datasets,
+      ``seg_map_pattern`` of ``HistoManifestDataset``), when every sample
+      has one.
+
+    Args:
+        dataset: From :func:`build_label_dataset`.
+        split: ``'train'``, ``'val'`` or ``'test'``.
+        gt_dir: The ground-truth folder, if given.
+
+    Returns:
+        tuple: The folder of the masks and the mask path by image path
+        (``img_path`` of the data infos), or ``(None, None)`` without
+        ground truth.
+
+    Raises:
+        FileNotFoundError: If ``gt_dir`` is not a folder.
+    """
+    infos = [dataset.get_data_info(i) for i in range(len(dataset))]
+    if gt_dir is None and split != 'train':
+        masks = {info['img_path']: info.get('seg_map_path') for info in infos}
+        if not masks or None in masks.values():
+            return None, None
+        return osp.commonpath(
+            [osp.dirname(path) for path in masks.values()]), masks
+    if gt_dir is None:
         gt_dir = osp.join(dataset.data_root or '', 'training_gt')
-    else:
-        gt_dir = dataset.data_prefix.get('seg_map_path')
-    return gt_dir if gt_dir and osp.isdir(gt_dir) else None
+        if not osp.isdir(gt_dir):
+            return None, None
+    elif not osp.isdir(gt_dir):
+        raise FileNotFoundError(f'gt_dir {gt_dir} is not a folder')
+    return gt_dir, {
+        info['img_path']: osp.join(
+            gt_dir, image_name(dataset, info['img_path']) +
+            dataset.seg_map_suffix)
+        for info in infos
+    }
 
 
 def check_out_dir(out: str, force: bool) -> None:
@@ -194,10 +260,27 @@ def check_out_dir(out: str, force: bool) -> None:
     os.makedirs(out, exist_ok=True)
 
 
-def image_name(img_path: str, img_dir: str, img_suffix: str) -> str:
-    """Image path relative to ``img_dir`` without its suffix."""
+def image_name(dataset: Dataset, img_path: str) -> str:
+    """Name of an image of ``dataset``: its path relative to the image
+    folder (``data_prefix['img_path']``) without ``img_suffix``, or without
+    its extension when it has another suffix.
+
+    For ``HistoManifestDataset`` (whose ``img_suffix``, mmseg's default,
+    selects no files) that is the image path as the manifest writes it,
+    minus its extension: the ``{path}`` of ``seg_map_pattern``.
+
+    Raises:
+        ValueError: If the image lies outside the image folder (e.g. an
+            absolute path in a manifest): its name would leave ``out``.
+    """
+    img_dir = dataset.data_prefix.get('img_path') or os.curdir
     rel = osp.relpath(img_path, img_dir)
-    return rel[:-len(img_suffix)] if rel.endswith(img_suffix) \
+    if rel == os.pardir or rel.startswith(os.pardir + os.sep):
+        raise ValueError(
+            f'image {img_path} is outside the image folder {img_dir!r} of '
+            f'the dataset: list images by paths relative to it')
+    suffix = dataset.img_suffix
+    return rel[:-len(suffix)] if suffix and rel.endswith(suffix) \
         else osp.splitext(rel)[0]
 
 
@@ -330,7 +413,7 @@ def generate_pseudo_masks(cfg: Config,
         fg_thresh: Overrides ``pseudo_label_cfg.fg_thresh``.
         thresh_mode: Overrides ``pseudo_label_cfg.thresh_mode``.
         gt_dir: Ground-truth masks of the split (default: see
-            :func:`default_gt_dir`).
+            :func:`ground_truth_masks`).
         save_cams: Also write the gated CAMs as float16 ``.npy``.
         force: Write into a non-empty ``out``.
 
@@ -368,10 +451,8 @@ def generate_pseudo_masks(cfg: Config,
     if len(classes) != model.num_classes:
         raise ValueError(f'{cfg.filename}: the model has {model.num_classes} '
                          f'classes, the dataset {len(classes)} ({classes})')
-    gt_dir = gt_dir or default_gt_dir(dataset, split)
-    if gt_dir is not None and not osp.isdir(gt_dir):
-        raise FileNotFoundError(f'gt_dir {gt_dir} is not a folder')
-    scorer = None if gt_dir is None else PseudoMaskScorer(
+    gt_dir, gt_masks = ground_truth_masks(dataset, split, gt_dir)
+    scorer = None if gt_masks is None else PseudoMaskScorer(
         len(classes), len(classes), params['ignore_index'])
 
     rank, world_size = get_dist_info()
@@ -388,18 +469,15 @@ def generate_pseudo_masks(cfg: Config,
             results = model.test_step(data)
         for result in results:
             cams, pseudo = pseudo_mask_of(result, params)
-            name = image_name(result.metainfo['img_path'],
-                              dataset.data_prefix['img_path'],
-                              dataset.img_suffix)
-            path = osp.join(out, name)
+            img_path = result.metainfo['img_path']
+            path = osp.join(out, image_name(dataset, img_path))
             os.makedirs(osp.dirname(path), exist_ok=True)
             save_palette_mask(path + '.png', pseudo,
                               dataset.metainfo['palette'])
             if save_cams:
                 np.save(path + '.npy', cams.astype(np.float16))
             if scorer is not None:
-                scorer.update(
-                    pseudo, osp.join(gt_dir, name + dataset.seg_map_suffix))
+                scorer.update(pseudo, gt_masks[img_path])
         if bar is not None:
             bar.update(len(results))
 

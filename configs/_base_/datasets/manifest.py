@@ -1,7 +1,7 @@
 # Your own patches (HistoManifestDataset): image-level labels from CSV or
 # JSON manifests, any classes. Same pipelines and loaders as bcss_wsss.py; a
 # config on top names the classes (in flag order) and the files, e.g.
-# configs/examples/stage1_cam_r18_manifest.py. Layout under data_root:
+# configs/examples/stage1_protocam_r18_manifest.py. Layout under data_root:
 #
 #     train.csv   image,labels             (or image,<class 1>,<class 2>,...
 #                 patches/p0001.png,TUM;STR    with 0 / 1 per class)
@@ -12,8 +12,14 @@
 #     masks/<stem>.png  val / test ground truth (seg_map_pattern), palette
 #                 PNGs: 0..N-1 the classes, N background, 255 ignored
 #
-# Stage 2 reads pseudo masks from pseudo_masks/<image path>.png (the names
-# tools/generate_pseudo_masks.py writes): train_dataloader_pseudo.
+# Stage 2 reads pseudo masks from pseudo_masks/<image path without its
+# extension>.png, the names tools/generate_pseudo_masks.py writes with
+# --out <data_root>/pseudo_masks: train_dataloader_pseudo, which a stage-2
+# config gives its data_root and classes (`patches` of the example config):
+#
+#     train_dataloader = dict(
+#         _base_.train_dataloader_pseudo,
+#         dataset=dict(_base_.train_dataloader_pseudo.dataset, **patches))
 _base_ = './bcss_wsss.py'
 
 dataset_type = 'HistoManifestDataset'
