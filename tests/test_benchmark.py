@@ -5,11 +5,16 @@ import os.path as osp
 
 import pytest
 import torch
+from mmengine.logging import MMLogger
+
+from protoprompt_mm.engine import amp
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG = 'configs/protoprompt/protoprompt_r18_synthetic.py'
 BASELINE = 'configs/protoprompt/ablations/no-prototypes_r18_synthetic.py'
 STAGE1 = 'configs/protoprompt/stage1_cam_r18_synthetic.py'
+# PBIP's stage 1: FiniteLossAmpOptimWrapper, fp16 (schedule_pbip_stage1.py).
+STAGE1_AMP = 'configs/protoprompt/stage1_protocam_mit-b1_bcss-wsss.py'
 
 
 @pytest.fixture(scope='module')
@@ -107,3 +112,45 @@ def test_cfg_options_reach_either_model(bench):
     assert full.decode_head.use_cross_attention
     assert not plain.decode_head.use_cross_attention
     assert not hasattr(plain.decode_head, 'sim_gate')
+
+
+def test_amp_config_trains_in_fp32_on_the_cpu(bench, tmp_path, monkeypatch):
+    """As tools/train.py: configure_amp swaps the AMP wrapper of a stage-1
+    config for its fp32 counterpart, with a warning; the synthetic batch
+    carries the image labels stage 1 trains on."""
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    warnings = []
+    monkeypatch.setattr(amp, 'print_log',
+                        lambda msg, **kwargs: warnings.append(msg))
+    out = tmp_path / 'bench.json'
+    bench.main([
+        osp.join(REPO, STAGE1_AMP), '--baseline', osp.join(REPO, STAGE1),
+        '--size', '32', '--batch', '1', '--iters', '1', '--warmup', '0',
+        '--no-memory', '--json', str(out)
+    ])
+    assert any('FiniteLossAmpOptimWrapper needs a CUDA device' in msg
+               for msg in warnings), warnings
+    results = json.loads(out.read_text())
+    assert results['setup']['optim_wrapper'] == dict(
+        protoprompt='FiniteLossOptimWrapper',
+        baseline='FiniteLossOptimWrapper')
+    assert results['train']['protoprompt']['images_per_s'] > 0
+    labels = bench.synthetic_batch(batch=2, size=70, num_classes=4)
+    for sample in labels['data_samples']:
+        present = set(sample.gt_sem_seg.data.unique().tolist()) - {255}
+        assert set(sample.img_labels.nonzero()[0].tolist()) == present
+
+
+def test_device_cpu_benchmarks_fp32_on_a_gpu_machine(bench, monkeypatch):
+    MMLogger.get_current_instance()  # it cannot start under the fake GPU
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    warnings = []
+    monkeypatch.setattr(amp, 'print_log',
+                        lambda msg, **kwargs: warnings.append(msg))
+    args = bench.parse_args([
+        osp.join(REPO, STAGE1_AMP), '--baseline', osp.join(REPO, STAGE1),
+        '--device', 'cpu'
+    ])
+    _, wrapper, _ = bench.build_segmentor('protoprompt', args)
+    assert type(wrapper).__name__ == 'FiniteLossOptimWrapper'
+    assert len(warnings) == 1 and 'fp32' in warnings[0]

@@ -10,15 +10,21 @@
 
 Both models are built from their configs with random weights; the data are
 synthetic: ``--batch`` uint8 images of ``--size`` x ``--size`` and blocky
-random pseudo-labels (32 x 32 pixel cells, about 10% of the cells 255). No
-data set is read.
+random pseudo-labels (32 x 32 pixel cells, about 10% of the cells 255),
+with the image labels of the classes they hold (what a stage-1 CAM config,
+e.g. PBIP's ``stage1_protocam_mit-b1_bcss-wsss.py``, trains on). No data set
+is read.
 
 Figures (medians of per-iteration wall times, after ``--warmup`` untimed
 iterations; p25-p75 in brackets to show the noise):
 
 * training step: ``model.train_step`` with the config's optimizer wrapper
   (data preprocessing, forward, every loss, the momentum update of a
-  ``PrototypeBank``, backward and optimizer step), in images/s;
+  ``PrototypeBank``, backward and optimizer step), in images/s; its
+  precision is set as by ``tools/train.py``
+  (:func:`protoprompt_mm.engine.amp.configure_amp`): an AMP config (e.g.
+  ``schedule_pbip_stage1.py``) runs in fp32, with a warning, on the CPU;
+  ``setup.optim_wrapper`` of ``--json`` names the wrapper each model ran;
 * inference: ``model.test_step`` in eval mode under ``torch.no_grad``, with
   ``test_cfg`` forced to ``mode='whole'``, in images/s;
 * peak memory (unless ``--no-memory``): on CUDA,
@@ -77,6 +83,7 @@ from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 from torch import Tensor, nn
 
+from protoprompt_mm.engine.amp import configure_amp
 from protoprompt_mm.models.necks import PrototypeBank, PromptedFeatures
 from protoprompt_mm.models.segmentors import CAMSegmentor
 from protoprompt_mm.utils import load_config
@@ -95,7 +102,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     """Parse the command line."""
     parser = argparse.ArgumentParser(
         description='Time and memory of ProtoPrompt vs a baseline config')
-    parser.add_argument('config', help='ProtoPrompt (stage-2) config')
+    parser.add_argument(
+        'config', help='ProtoPrompt (stage-2) config, or a stage-1 config')
     parser.add_argument(
         '--baseline', required=True,
         help='baseline config (e.g. no-prototypes)')
@@ -212,7 +220,8 @@ def build_model(cfg: Config, device: str) -> nn.Module:
 
 def build_segmentor(role: str, args: argparse.Namespace
                     ) -> Tuple[nn.Module, OptimWrapper, int]:
-    """Stage-2 model (whole-image inference), its optimizer, N classes.
+    """Model (whole-image inference), its optimizer wrapper (precision by
+    ``configure_amp`` for ``args.device``), N classes.
 
     Args:
         role: ``'protoprompt'`` (``args.config``, both overrides) or
@@ -233,6 +242,7 @@ def build_segmentor(role: str, args: argparse.Namespace
                         f'got {type(model).__name__}')
     if 'optim_wrapper' not in cfg:
         raise KeyError(f'{path}: the config has no optim_wrapper')
+    configure_amp(cfg, device=args.device)
     return (model, build_optim_wrapper(model, cfg.optim_wrapper),
             model.decode_head.num_classes)
 
@@ -249,7 +259,9 @@ def synthetic_batch(batch: int, size: int, num_classes: int,
 
     Returns:
         dict: ``inputs`` (list of (3, size, size) uint8) and
-        ``data_samples`` (``SegDataSample`` with ``gt_sem_seg``).
+        ``data_samples`` (``SegDataSample`` with ``gt_sem_seg`` and
+        ``img_labels`` in the metainfo, the int64 (N,) multi-hot of the
+        classes in the labels, which stage-1 CAM models train on).
     """
     gen = torch.Generator().manual_seed(seed)
     cells = -(-size // LABEL_CELL)
@@ -264,8 +276,14 @@ def synthetic_batch(batch: int, size: int, num_classes: int,
         inputs.append(
             torch.randint(0, 256, (3, size, size), dtype=torch.uint8,
                           generator=gen))
+        present = label[label != IGNORE_INDEX].unique()
+        img_labels = torch.zeros(num_classes, dtype=torch.int64)
+        img_labels[present] = 1
         sample = SegDataSample(
-            metainfo=dict(img_shape=(size, size), ori_shape=(size, size)))
+            metainfo=dict(
+                img_shape=(size, size),
+                ori_shape=(size, size),
+                img_labels=img_labels.numpy()))
         sample.gt_sem_seg = PixelData(data=label)
         samples.append(sample)
     return dict(inputs=inputs, data_samples=samples)
@@ -586,9 +604,12 @@ def fmt(stats: dict) -> str:
 def report(results: dict) -> None:
     """Print the figures."""
     setup = results['setup']
+    wrappers = ', '.join(f'{role} {name}'
+                         for role, name in setup['optim_wrapper'].items())
     print(f'\n== {setup["size"]}x{setup["size"]}, batch {setup["batch"]}, '
           f'{setup["iters"]} timed iters (+{setup["warmup"]} warm-up), '
-          f'device {setup["device"]}, {setup["threads"]} torch threads')
+          f'device {setup["device"]}, {setup["threads"]} torch threads; '
+          f'optim wrappers: {wrappers}')
     for phase in PHASES:
         print(f'-- {phase} step')
         for role in ROLES:
@@ -644,7 +665,9 @@ def main(argv: Optional[List[str]] = None) -> None:
         device=args.device, threads=torch.get_num_threads(),
         num_prototypes=args.num_prototypes, num_classes=args.num_classes,
         cfg_options=args.cfg_options,
-        baseline_cfg_options=args.baseline_cfg_options))
+        baseline_cfg_options=args.baseline_cfg_options,
+        optim_wrapper={role: type(wrapper).__name__
+                       for role, (_, wrapper, _) in models.items()}))
     for phase in PHASES:
         fns = {role: (train_fn(model, wrapper, data) if phase == 'train'
                       else test_fn(model, data))

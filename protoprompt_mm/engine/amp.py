@@ -19,7 +19,9 @@ FP32_WRAPPERS = {amp: fp32 for fp32, amp in AMP_WRAPPERS.items()}
 AMP_ONLY_KEYS = ('loss_scale', 'dtype', 'use_fsdp')
 
 
-def configure_amp(cfg: Config, amp: Optional[str] = None) -> None:
+def configure_amp(cfg: Config,
+                  amp: Optional[str] = None,
+                  device: Optional[str] = None) -> None:
     """Set the precision of ``cfg.optim_wrapper`` in place.
 
     - ``amp=None`` keeps the config's precision.
@@ -32,13 +34,15 @@ def configure_amp(cfg: Config, amp: Optional[str] = None) -> None:
     - ``'default'`` (plain ``--amp``): as mmseg, fp16 unless the config
       already trains with AMP, whose settings are kept.
 
-    Without a CUDA device an AMP wrapper, asked for or in the config, is
-    replaced by its fp32 counterpart with a warning: mmengine's
-    ``AmpOptimWrapper`` refuses to run on the CPU.
+    Without a CUDA device (or with ``device='cpu'``) an AMP wrapper, asked
+    for or in the config, is replaced by its fp32 counterpart with a
+    warning: mmengine's ``AmpOptimWrapper`` refuses to run on the CPU.
 
     Args:
         cfg: The full training config.
         amp: None, ``'default'``, ``'fp16'`` or ``'bf16'``.
+        device: Where the model trains, ``'cpu'`` or ``'cuda'``. Defaults to
+            None, CUDA when available.
 
     Raises:
         ValueError: On another ``amp`` value, an optim wrapper type without
@@ -55,7 +59,7 @@ def configure_amp(cfg: Config, amp: Optional[str] = None) -> None:
                 f'--amp needs optim_wrapper.type in '
                 f'{sorted(AMP_WRAPPERS) + sorted(FP32_WRAPPERS)}, got {kind}')
         return
-    if not torch.cuda.is_available():
+    if device == 'cpu' or not torch.cuda.is_available():
         if amp is not None:
             print_log('--amp needs a CUDA device; training in fp32 on the '
                       'CPU.', logger='current', level=logging.WARNING)
