@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 from mmengine.config import Config
+from mmengine.logging import MMLogger
 from mmengine.optim.optimizer import amp_optimizer_wrapper
 from mmseg.registry import MODELS
 
@@ -222,6 +223,8 @@ BF16 = dict(dtype='bfloat16', loss_scale=dict(enabled=False))
      dict(type='AmpOptimWrapper', **BF16)),
 ])
 def test_configure_amp_with_a_gpu(monkeypatch, amp, wrapper, expected):
+    MMLogger.get_current_instance()  # mmengine's logger cannot start under
+    # the fake GPU (it asks torch.cuda for the device), whatever ran before
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
     monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda: True)
     cfg = wrapper_cfg(**wrapper)
@@ -231,6 +234,7 @@ def test_configure_amp_with_a_gpu(monkeypatch, amp, wrapper, expected):
 
 
 def test_configure_amp_refuses_what_it_cannot_do(monkeypatch):
+    MMLogger.get_current_instance()
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
     monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda: False)
     with pytest.raises(ValueError, match='bfloat16 support'):
