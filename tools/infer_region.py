@@ -4,7 +4,7 @@
         --out-mask MASK.png --out-overlay OVERLAY.png \
         [--tile 224] [--overlap 32] [--batch 8] [--device cpu] \
         [--canvas-dtype float32|float16] [--background-thresh 220] \
-        [--alpha 0.5] [--cfg-options ...]
+        [--alpha 0.5] [--stain-norm REFERENCE_IMAGE] [--cfg-options ...]
 
 Overlapping tiles are blended by averaging their softmax on a CPU canvas
 (see :mod:`protoprompt_mm.apis.region_inference`; memory is the image plus
@@ -15,6 +15,9 @@ plus one batch of tiles). Outputs:
   ``--background-thresh``, pixels brighter than that grey level (white
   glass) get index ``N`` (background, white), as in the pseudo masks;
 * ``--out-overlay``: the image with the class colours blended over it.
+
+``--stain-norm`` first normalises the image's stains towards those of a
+reference image (Macenko; e.g. a training patch of typical colour).
 
 Colours: the checkpoint's ``meta['dataset_meta']`` palette, else that of the
 config's test dataset.
@@ -30,6 +33,7 @@ from mmengine.config import DictAction
 
 from protoprompt_mm.apis import (CANVAS_DTYPES, background_mask, infer_region,
                                  init_segmentor, label_map)
+from protoprompt_mm.datasets.stain import build_stain_normalizer
 from protoprompt_mm.datasets.synthetic_histo import save_palette_mask
 from protoprompt_mm.visualization import colorize_labels
 from protoprompt_mm.visualization.overlays import BACKGROUND_COLOR
@@ -60,6 +64,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         '--alpha', type=float, default=0.5, help='opacity of the colours')
     parser.add_argument(
+        '--stain-norm',
+        metavar='REFERENCE_IMAGE',
+        help='Macenko stain normalisation towards this image first')
+    parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction,
         help='override config keys')
     args = parser.parse_args(argv)
@@ -79,6 +87,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     image = mmcv.imread(args.image)  # BGR, like LoadImageFromFile
     if image is None:
         raise FileNotFoundError(f'{args.image}: not a readable image')
+    normalizer = None if args.stain_norm is None else \
+        build_stain_normalizer(args.stain_norm)
     model = init_segmentor(args.config, args.checkpoint, args.device,
                            args.cfg_options)
     if model.dataset_meta is None:
@@ -94,7 +104,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         overlap=args.overlap,
         batch_size=args.batch,
         canvas_dtype=CANVAS_DTYPES[args.canvas_dtype],
-        progress=True)
+        progress=True,
+        stain_normalizer=normalizer)
     num_classes = probs.shape[0]
     palette = model.dataset_meta['palette']
     if len(palette) < num_classes:

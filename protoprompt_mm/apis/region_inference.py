@@ -20,7 +20,7 @@ are not stored: the windows are separable, so their sum is the outer
 product of a row and a column sum, formed one band of rows at a time for
 the final division.
 """
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -28,6 +28,8 @@ import torch
 from mmengine.utils import ProgressBar
 from mmseg.structures import SegDataSample
 from torch import Tensor, nn
+
+from protoprompt_mm.datasets.stain import MacenkoNormalizer, apply_to_bgr
 
 CANVAS_DTYPES = {'float32': torch.float32, 'float16': torch.float16}
 
@@ -144,7 +146,9 @@ def infer_region(model: nn.Module,
                  batch_size: int = 8,
                  canvas_dtype: torch.dtype = torch.float32,
                  pad_value: int = 255,
-                 progress: bool = False) -> Tensor:
+                 progress: bool = False,
+                 stain_normalizer: Optional[MacenkoNormalizer] = None
+                 ) -> Tensor:
     """Class probabilities of a large image, tile by tile.
 
     Args:
@@ -160,6 +164,10 @@ def infer_region(model: nn.Module,
         pad_value: Fill of the bottom / right border when the image is
             smaller than a tile (255: white glass).
         progress: Show an mmengine progress bar over the tiles.
+        stain_normalizer: Normalise the stains of the whole image first
+            (one Macenko fit for every tile), e.g. from
+            :func:`~protoprompt_mm.datasets.stain.build_stain_normalizer`;
+            costs a normalised copy of the image.
 
     Returns:
         Tensor: (N, H, W) cross-faded softmax of the tiles covering each
@@ -177,6 +185,8 @@ def infer_region(model: nn.Module,
     if canvas_dtype not in CANVAS_DTYPES.values():
         raise ValueError(f'infer_region: canvas_dtype must be one of '
                          f'{list(CANVAS_DTYPES.values())}, got {canvas_dtype}')
+    if stain_normalizer is not None:
+        image = apply_to_bgr(stain_normalizer.normalize, image)
     height, width = image.shape[:2]
     padded = np.pad(
         image, ((0, max(tile - height, 0)), (0, max(tile - width, 0)), (0, 0)),

@@ -35,6 +35,16 @@ augmentations = [
         saturation_range=(0.8, 1.2),
         hue_delta=5),
 ]
+# Stain augmentation: per-stain scale and shift of the H, E, DAB
+# concentrations (Tellez et al. 2018 / 2019, sigma 0.05; RandomHEDJitter).
+# Off for now (the result tables were measured without it). To train with
+# it, add this line here, above the pipelines (both training pipelines get
+# it, before the RGB distortion; val / test stay without):
+#
+#     augmentations = [*stain_augmentations, *augmentations]
+stain_augmentations = [
+    dict(type='RandomHEDJitter', scale_sigma=0.05, shift_sigma=0.05),
+]
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadImageLevelLabels'),

@@ -1,0 +1,282 @@
+"""Stain maths of H&E images: colour deconvolution, stain shifts, Macenko.
+
+Every function here takes and returns RGB images (H, W, 3); mmseg
+pipelines load BGR (``LoadImageFromFile`` decodes with cv2 / mmcv's
+default ``channel_order='bgr'``), so callers holding BGR arrays go through
+:func:`apply_to_bgr`.
+
+Optical density (Beer-Lambert) of an 8-bit intensity ``I`` per channel is
+``OD = -ln((I + 1) / 256)``: white (255) is exactly 0, and the inverse
+``I = 256 exp(-OD) - 1`` makes a round trip through OD exact. A pixel's
+OD is the sum of its stains' unit OD vectors (rows of a stain matrix, RGB)
+times their concentrations (natural-log OD units).
+
+Colour deconvolution uses Ruifrok & Johnston's H / E / DAB vectors
+(Anal. Quant. Cytol. Histol. 23(4), 2001), the matrix of scikit-image's
+``rgb2hed``. Unlike ``rgb2hed`` nothing is clipped, so concentrations may
+be negative for colours outside the stain cone and ``hed_to_rgb`` inverts
+``rgb_to_hed`` exactly (scikit-image clips them at 0, and its units have
+changed between releases, which would make a jitter range
+version-dependent; the maths is one 3 x 3 matrix).
+
+Macenko's normalisation (Macenko et al., ISBI 2009) estimates the H and E
+vectors of an image from the extreme angles of its tissue ODs in the plane
+of their two main eigenvectors, and each stain's 99th-percentile
+concentration; a source image is re-rendered with the target's vectors and
+its concentrations rescaled to the target's maxima. It is written here
+rather than taken from ``torchstain``, whose normaliser fits and applies in
+one call on the whole image in float64 (no subsampled fit and banded
+application for large regions, RGB only, an obscure failure on a patch of
+glass); it is tested against a known decomposition.
+"""
+import math
+from typing import Callable, Dict, Optional, Sequence, Tuple
+
+import mmcv
+import numpy as np
+
+# Unit OD vectors (RGB) of haematoxylin, eosin and DAB (Ruifrok & Johnston).
+RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11],
+                         [0.27, 0.57, 0.78]])
+RGB_FROM_HED /= np.linalg.norm(RGB_FROM_HED, axis=1, keepdims=True)
+HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
+
+# The fixed re-stainings of the stain-shift evaluation: multiplicative
+# factors of the (H, E) concentrations of Ruifrok-Johnston deconvolution;
+# DAB and the residual are kept, nothing is added (white stays white).
+STAIN_SHIFTS: Dict[str, Tuple[float, float]] = {
+    'paler': (0.7, 0.7),
+    'darker': (1.3, 1.3),
+    'haematoxylin_heavy': (1.5, 1.0),
+    'eosin_heavy': (1.0, 1.5),
+}
+
+
+def check_image(img: np.ndarray, where: str) -> None:
+    """Raise a ValueError unless ``img`` is an (H, W, 3) colour image."""
+    if not isinstance(img, np.ndarray) or img.ndim != 3 \
+            or img.shape[2] != 3:
+        shape = getattr(img, 'shape', type(img).__name__)
+        raise ValueError(f'{where}: expected a colour image (H, W, 3), got '
+                         f'{shape}; load it with color_type="color"')
+
+
+def optical_density(rgb: np.ndarray) -> np.ndarray:
+    """``-ln((I + 1) / 256)`` of intensities in [0, 255], as float32."""
+    return -np.log((np.asarray(rgb, np.float32) + 1) / 256)
+
+
+def intensity(od: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`optical_density`, clipped to [0, 255] (float32)."""
+    return np.clip(256 * np.exp(-od) - 1, 0, 255).astype(np.float32)
+
+
+def as_dtype_of(values: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """``values`` rounded to uint8 if ``like`` is uint8, else float32."""
+    if like.dtype == np.uint8:
+        return np.rint(values).astype(np.uint8)
+    return values.astype(np.float32)
+
+
+def rgb_to_hed(rgb: np.ndarray) -> np.ndarray:
+    """H, E, DAB concentrations (..., 3) of an RGB image (float32)."""
+    return optical_density(rgb) @ HED_FROM_RGB.astype(np.float32)
+
+
+def hed_to_rgb(hed: np.ndarray) -> np.ndarray:
+    """RGB intensities in [0, 255] (float32) of H, E, DAB concentrations."""
+    return intensity(hed @ RGB_FROM_HED.astype(np.float32))
+
+
+def scale_stains(rgb: np.ndarray,
+                 scales: Sequence[float],
+                 shifts: Sequence[float] = (0.0, 0.0, 0.0)) -> np.ndarray:
+    """Re-stain an image in HED space: ``c' = scale * c + shift``.
+
+    Args:
+        rgb: RGB image (H, W, 3), uint8 or float in [0, 255].
+        scales: Factors of the H, E, DAB concentrations (3 values; 2 leave
+            DAB as it is).
+        shifts: Added H, E, DAB concentrations (OD units).
+
+    Returns:
+        np.ndarray: The re-stained image, uint8 (rounded) for a uint8
+        input, else float32.
+    """
+    factors = np.ones(3, np.float32)
+    factors[:len(scales)] = scales
+    hed = rgb_to_hed(rgb) * factors + np.asarray(shifts, np.float32)
+    return as_dtype_of(hed_to_rgb(hed), rgb)
+
+
+def apply_to_bgr(fn: Callable[[np.ndarray], np.ndarray],
+                 bgr: np.ndarray) -> np.ndarray:
+    """Run an RGB image function on a BGR image; contiguous BGR result."""
+    return np.ascontiguousarray(fn(bgr[..., ::-1])[..., ::-1])
+
+
+def _unit_positive(vector: np.ndarray) -> np.ndarray:
+    """``vector`` scaled to unit length with a positive component sum."""
+    return vector / np.linalg.norm(vector) * np.sign(vector.sum())
+
+
+def macenko_stains(rgb: np.ndarray,
+                   beta: float = 0.15,
+                   alpha: float = 1.0,
+                   max_pixels: int = 1_000_000,
+                   min_pixels: int = 100,
+                   where: str = 'macenko_stains') -> Tuple[np.ndarray,
+                                                           np.ndarray]:
+    """Macenko estimate of the H and E vectors of an RGB image.
+
+    Tissue pixels are those with an OD of at least ``beta`` in every
+    channel; a regular grid of at most ``max_pixels`` pixels of the image
+    is used (every ``step``-th row and column; deterministic).
+
+    Args:
+        rgb: RGB image (H, W, 3), uint8 or float in [0, 255].
+        beta: OD threshold of tissue pixels.
+        alpha: Percentile of the extreme angles (robust min / max).
+        max_pixels: Pixels sampled at most.
+        min_pixels: Tissue pixels needed in the sample.
+        where: Name of the image in the error message.
+
+    Returns:
+        tuple: ``stain_matrix`` (2, 3) unit OD vectors of H (the one with
+        the larger red OD) and E, rows; ``max_concentrations`` (2,) their
+        99th-percentile concentrations over the tissue pixels.
+
+    Raises:
+        ValueError: If fewer than ``min_pixels`` sampled pixels are tissue
+            (e.g. a patch of glass).
+    """
+    check_image(rgb, where)
+    step = math.ceil(math.sqrt(rgb.shape[0] * rgb.shape[1] / max_pixels))
+    pixels = rgb[::step, ::step].reshape(-1, 3)
+    od = optical_density(pixels).astype(np.float64)
+    tissue = od[(od >= beta).all(axis=1)]
+    if len(tissue) < min_pixels:
+        raise ValueError(
+            f'{where}: {len(tissue)} tissue pixels (OD >= {beta} in every '
+            f'channel) of {len(pixels)} sampled, need {min_pixels}; is it '
+            'an H&E image with tissue?')
+    _, eigvecs = np.linalg.eigh(np.cov(tissue.T))
+    plane = np.stack([_unit_positive(eigvecs[:, 2]), eigvecs[:, 1]], axis=1)
+    projected = tissue @ plane
+    angles = np.arctan2(projected[:, 1], projected[:, 0])
+    extremes = [
+        _unit_positive(plane @ [math.cos(angle), math.sin(angle)])
+        for angle in np.percentile(angles, [alpha, 100 - alpha])
+    ]
+    stain_matrix = np.stack(sorted(extremes, key=lambda v: -v[0]))
+    concentrations = tissue @ np.linalg.pinv(stain_matrix)
+    return stain_matrix, np.percentile(concentrations, 99, axis=0)
+
+
+class MacenkoNormalizer:
+    """Macenko stain normalisation towards a target's stains.
+
+    Args:
+        stain_matrix: Target H and E unit OD vectors, rows (2, 3), RGB.
+        max_concentrations: Target 99th-percentile H and E concentrations.
+        beta: OD threshold of tissue pixels (source fit).
+        alpha: Percentile of the extreme angles (source fit).
+        band: Rows normalised at a time (bounds the float32 temporaries of
+            a large region to ``band * W * 3`` values).
+    """
+
+    def __init__(self,
+                 stain_matrix: Sequence[Sequence[float]],
+                 max_concentrations: Sequence[float],
+                 beta: float = 0.15,
+                 alpha: float = 1.0,
+                 band: int = 1024) -> None:
+        matrix = np.asarray(stain_matrix, np.float64)
+        maxima = np.asarray(max_concentrations, np.float64)
+        if matrix.shape != (2, 3) or maxima.shape != (2, ) \
+                or not (maxima > 0).all() or not np.isfinite(matrix).all():
+            raise ValueError(
+                'MacenkoNormalizer: need stain_matrix (2, 3): the H and E '
+                'OD vectors (RGB) as rows, and max_concentrations: 2 '
+                f'positive numbers; got {matrix.tolist()} and '
+                f'{maxima.tolist()}')
+        self.stain_matrix = matrix / np.linalg.norm(
+            matrix, axis=1, keepdims=True)
+        self.max_concentrations = maxima
+        self.beta, self.alpha, self.band = beta, alpha, band
+
+    @classmethod
+    def from_image(cls, path: str, **kwargs) -> 'MacenkoNormalizer':
+        """A normaliser towards the stains of a reference image file.
+
+        Args:
+            path: Image file with tissue (any size, subsampled).
+            **kwargs: ``beta``, ``alpha``, ``band`` of the normaliser.
+
+        Raises:
+            FileNotFoundError: If ``path`` is not a readable image.
+            ValueError: If the image has too little tissue.
+        """
+        bgr = mmcv.imread(path)  # None if missing or not an image
+        if bgr is None:
+            raise FileNotFoundError(f'{path}: not a readable image (the '
+                                    'stain normalisation reference)')
+        beta = kwargs.get('beta', 0.15)
+        alpha = kwargs.get('alpha', 1.0)
+        return cls(*macenko_stains(bgr[..., ::-1], beta, alpha, where=path),
+                   **kwargs)
+
+    def normalize(self, rgb: np.ndarray) -> np.ndarray:
+        """The RGB image re-rendered with the target's stains.
+
+        An image with too little tissue for a Macenko fit (see
+        :func:`macenko_stains`) is returned as it is.
+
+        Args:
+            rgb: RGB image (H, W, 3), uint8 or float in [0, 255].
+
+        Returns:
+            np.ndarray: Normalised image, the dtype of ``rgb`` (uint8
+            rounded, else float32).
+        """
+        check_image(rgb, 'MacenkoNormalizer')
+        try:
+            matrix, maxima = macenko_stains(rgb, self.beta, self.alpha)
+        except ValueError:  # too little tissue
+            return rgb.copy()
+        unmix = (np.linalg.pinv(matrix) * (self.max_concentrations /
+                                          maxima)).astype(np.float32)
+        remix = (unmix @ self.stain_matrix).astype(np.float32)
+        out = np.empty(rgb.shape, np.uint8 if rgb.dtype == np.uint8 else
+                       np.float32)
+        for y in range(0, rgb.shape[0], self.band):
+            rows = optical_density(rgb[y:y + self.band]) @ remix
+            out[y:y + self.band] = as_dtype_of(intensity(rows), rgb)
+        return out
+
+
+def build_stain_normalizer(reference: Optional[str] = None,
+                           stain_matrix: Optional[Sequence] = None,
+                           max_concentrations: Optional[Sequence] = None,
+                           **kwargs) -> MacenkoNormalizer:
+    """A :class:`MacenkoNormalizer` from a reference image or statistics.
+
+    Args:
+        reference: Reference image path; or
+        stain_matrix: Target H and E OD vectors (2, 3), with
+        max_concentrations: their 2 maximal concentrations.
+        **kwargs: ``beta``, ``alpha``, ``band`` of the normaliser.
+
+    Raises:
+        ValueError: Unless exactly one of ``reference`` and the pair
+            (``stain_matrix``, ``max_concentrations``) is given.
+    """
+    given = [s is not None for s in (stain_matrix, max_concentrations)]
+    if (reference is None) != all(given) or any(given) != all(given):
+        raise ValueError(
+            'stain normalisation: give either reference=<image path> or '
+            'both stain_matrix=[[H r, g, b], [E r, g, b]] and '
+            'max_concentrations=[H, E], not both')
+    if reference is not None:
+        return MacenkoNormalizer.from_image(reference, **kwargs)
+    return MacenkoNormalizer(stain_matrix, max_concentrations, **kwargs)
