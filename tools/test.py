@@ -3,8 +3,12 @@ import argparse
 import os
 
 from mmengine.config import DictAction
+from mmengine.dist import is_main_process
 from mmengine.runner import Runner
 
+from protoprompt_mm.apis import (stain_shift_table, stain_shift_test,
+                                 write_stain_shift_report)
+from protoprompt_mm.datasets.stain import STAIN_SHIFTS
 from protoprompt_mm.utils import load_runner_config
 
 
@@ -33,6 +37,14 @@ def parse_args() -> argparse.Namespace:
         help='job launcher')
     parser.add_argument(
         '--tta', action='store_true', help='test-time augmentation')
+    parser.add_argument(
+        '--stain-shift',
+        nargs='*',
+        choices=sorted(STAIN_SHIFTS),
+        metavar='CONDITION',
+        help='also test on the test images re-stained in HED space (all '
+        f'of {", ".join(STAIN_SHIFTS)} when none is named); writes '
+        'stain_shift.json / .md to the work dir')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args()
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
@@ -69,7 +81,14 @@ def main() -> None:
     if args.out is not None:
         cfg.test_evaluator['output_dir'] = args.out
         cfg.test_evaluator['keep_results'] = True
-    Runner.from_cfg(cfg).test()
+    if args.stain_shift is None:
+        Runner.from_cfg(cfg).test()
+        return
+    results = stain_shift_test(cfg, args.stain_shift or list(STAIN_SHIFTS))
+    if is_main_process():
+        _, md_path = write_stain_shift_report(results, cfg.work_dir,
+                                              checkpoint=args.checkpoint)
+        print(f'\n{stain_shift_table(results)}wrote {md_path}')
 
 
 if __name__ == '__main__':
