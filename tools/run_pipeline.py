@@ -160,18 +160,21 @@ PROTOCOLS = {'': '', '_background_as_error': 'background_as_error/'}
 RUN_METRICS = {'miou': 'mIoU', 'mdice': 'mDice', 'fwiou': 'FwIoU'}
 
 
-def run_score_names(stage: str) -> tuple:
-    """results.json names of a test run's scores, e.g. ``test_miou`` and
-    ``test_miou_background_as_error``."""
-    return tuple(f'{stage}_{name}{suffix}' for suffix in PROTOCOLS
-                 for name in RUN_METRICS)
+def run_score_keys(stage: str) -> Dict[str, str]:
+    """results.json names of a test run's scores (e.g. ``test_miou``,
+    ``test_miou_background_as_error``) -> their TissueIoUMetric keys."""
+    return {
+        f'{stage}_{name}{suffix}': prefix + key
+        for suffix, prefix in PROTOCOLS.items()
+        for name, key in RUN_METRICS.items()
+    }
 
 
 # What the pipeline reports per variant and seed (fractions in [0, 1]):
 # numbers, and per-class IoU (class -> number).
-STAGE1_SCORES = (*run_score_names('stage1_cam'), 'pseudo_mask_miou',
+STAGE1_SCORES = (*run_score_keys('stage1_cam'), 'pseudo_mask_miou',
                  'pseudo_mask_precision_miou', 'pseudo_mask_coverage')
-TEST_SCORES = run_score_names('test')
+TEST_SCORES = tuple(run_score_keys('test'))
 SCORES = STAGE1_SCORES + TEST_SCORES
 STAGE1_CLASS_SCORES = tuple(f'stage1_cam_iou{suffix}' for suffix in PROTOCOLS)
 TEST_CLASS_SCORES = tuple(f'test_iou{suffix}' for suffix in PROTOCOLS)
@@ -412,11 +415,7 @@ class Pipeline:
         Raises:
             PipelineError: If a metric is missing.
         """
-        keys = {
-            f'{stage}_{name}{suffix}': prefix + key
-            for suffix, prefix in PROTOCOLS.items()
-            for name, key in RUN_METRICS.items()
-        }
+        keys = run_score_keys(stage)
         class_keys = {
             f'{stage}_iou{suffix}': {
                 cls: f'{prefix}IoU.{cls}'
