@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test demo ablation ablation-hard
+.PHONY: venv test demo ablation ablation-hard stain-robustness
 
 venv: $(STAMP)
 
@@ -46,3 +46,15 @@ ablation-hard: venv
 	$(PY) tools/run_pipeline.py $(ABLATION_ARGS) --synthetic difficulty=hard \
 		--data-root data/synthetic_histo_ablation_hard \
 		--work-dir work_dirs/ablation_hard
+
+# Stain robustness (3 seeds, the ablation's data): the full variant trained
+# without stain augmentation, with HED-light (the bases' default) and with
+# HED-strong jitter, each tested on the test split re-stained in HED space
+# (paler, darker, H-heavy, E-heavy), without and with Macenko normalisation
+# towards the stain its checkpoint carries; resumable like the ablation.
+stain-robustness: venv
+	$(PY) tools/run_pipeline.py --preset stain --num-visualize 0 \
+		--seeds 0 1 2 --stain-norm \
+		--synthetic num_val=200 num_test=200 size=160 \
+		--data-root data/synthetic_histo_ablation \
+		--work-dir work_dirs/stain_robustness

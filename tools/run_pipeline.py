@@ -101,6 +101,20 @@ def _ablations(dataset: str) -> Dict[str, Variant]:
     }
 
 
+def _stain_ablations(dataset: str) -> Dict[str, Variant]:
+    """The full variant with each stain augmentation of the ablation."""
+    def pair(name: str) -> Variant:
+        return Variant(
+            osp.join(ABLATION_DIR, f'stage1_protocam-{name}_r18_{dataset}.py'),
+            osp.join(ABLATION_DIR, f'protoprompt-{name}_r18_{dataset}.py'))
+
+    return {
+        'no_stain_aug': pair('no-stain-aug'),
+        'hed_light': _ablations(dataset)['full'],
+        'hed_strong': pair('hed-strong'),
+    }
+
+
 def _prototype_encoders(dataset: str) -> Dict[str, str]:
     """Without pretrained weights, the prototype stage 1 embeds its image
     bank with the trained plain-CAM stage 1 (PBIP: a frozen MedCLIP)."""
@@ -143,6 +157,14 @@ PRESETS = {
         classes=BCSS_CLASSES,
         synthetic=True,
         prototype_encoders=_prototype_encoders('synthetic')),
+    # make stain-robustness: the full variant without stain augmentation,
+    # with the bases' HED-light jitter and with HED-strong; prototypes
+    # embedded as in the demo.
+    'stain': Preset(
+        variants=_stain_ablations('synthetic'),
+        default_variants=list(_stain_ablations('synthetic')),
+        classes=BCSS_CLASSES,
+        synthetic=True),
     # Real data: ResNet-18 (CPU-sized) or PBIP's MiT-B1 stage 1 (GPU; set
     # `pretrained` with --stage1-options / --stage2-options).
     'bcss-wsss': _real_data_preset('bcss-wsss', BCSS_CLASSES),
@@ -175,7 +197,15 @@ def run_score_keys(stage: str) -> Dict[str, str]:
 STAGE1_SCORES = (*run_score_keys('stage1_cam'), 'pseudo_mask_miou',
                  'pseudo_mask_precision_miou', 'pseudo_mask_coverage')
 TEST_SCORES = tuple(run_score_keys('test'))
-SCORES = STAGE1_SCORES + TEST_SCORES
+# The final model on the test split re-stained in HED space (tools/test.py
+# --stain-shift; with --stain-norm also Macenko-normalised towards the stain
+# target its checkpoint carries): mIoU per condition (condition -> number,
+# 'clean' first) and the worst change from clean (a number, <= 0 when every
+# condition loses).
+STAIN_RUNS = {'stain_shift': [], 'stain_norm': ['--stain-norm']}
+STAIN_CONDITION_SCORES = tuple(f'{run}_miou' for run in STAIN_RUNS)
+STAIN_SCORES = tuple(f'{run}_worst_change' for run in STAIN_RUNS)
+SCORES = STAGE1_SCORES + TEST_SCORES + STAIN_SCORES
 STAGE1_CLASS_SCORES = tuple(f'stage1_cam_iou{suffix}' for suffix in PROTOCOLS)
 TEST_CLASS_SCORES = tuple(f'test_iou{suffix}' for suffix in PROTOCOLS)
 
@@ -215,6 +245,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         'e.g. num_train=200 size=160 difficulty=hard (a '
                         'repeated flag adds to the list; so do --stage*-'
                         'options)')
+    parser.add_argument(
+        '--stain-norm', action='store_true',
+        help='also test the final models on the stain-shifted test split '
+        'Macenko-normalised towards the stain their checkpoints carry')
     parser.add_argument('--num-visualize', type=int, default=4,
                         help='test patches drawn as overlay panels')
     args = parser.parse_args(argv)
@@ -357,6 +391,38 @@ class Pipeline:
                         '--cfg-options', *options)
         self.run_step(f'{step}_test', cmd, [out], [f'{step}_train'])
         return read_test_metrics(out)
+
+    def stain_shift(self, step: str, work: str, config: str,
+                    checkpoint: str, options: List[str]) -> dict:
+        """The final model's mIoU on the re-stained test split.
+
+        Returns:
+            dict: ``stain_shift_miou`` (condition -> fraction) and
+            ``stain_shift_worst_change``; with ``--stain-norm`` also
+            ``stain_norm_*``, normalised towards the checkpoint's target.
+        """
+        runs = dict(STAIN_RUNS) if self.args.stain_norm else {
+            'stain_shift': STAIN_RUNS['stain_shift']}
+        scores = {}
+        for run, flags in runs.items():
+            out = osp.join(work, run)
+            cmd = self.tool('test.py', config, checkpoint, '--work-dir', out,
+                            '--stain-shift',
+                            *[arg for flag in flags
+                              for arg in (flag, checkpoint)],
+                            '--cfg-options', *options)
+            self.run_step(f'{step}_{run}', cmd,
+                          [osp.join(out, 'stain_shift.json')],
+                          [f'{step}_train'])
+            with open(osp.join(out, 'stain_shift.json')) as f:
+                conditions = json.load(f)['metrics']
+            miou = {name: fraction(metrics['mIoU'])
+                    for name, metrics in conditions.items()}
+            scores[f'{run}_miou'] = miou
+            scores[f'{run}_worst_change'] = round(
+                min(value - miou['clean']
+                    for name, value in miou.items() if name != 'clean'), 4)
+        return scores
 
     def pseudo_masks(self, step: str, work: str, config: str,
                      checkpoint: str, options: List[str]) -> dict:
@@ -511,6 +577,8 @@ class Pipeline:
                     for key in STAGE1_CLASS_SCORES
                 })
             scores[name].update(self.run_scores(step, 'test', metrics))
+            scores[name].update(
+                self.stain_shift(step, work, variant.stage2, ckpt, options))
             if self.args.num_visualize > 0:
                 self.visualize(step, work, variant.stage2, ckpt, options,
                                (variant.stage1, first['checkpoint']),
@@ -585,7 +653,19 @@ def aggregate(per_seed: Dict[int, Dict[str, dict]],
                      stage2_config=variant.stage2)
         for key in SCORES:
             entry[key], entry[f'{key}_std'] = mean_std(
-                [run[key] for run in runs])
+                [run.get(key) for run in runs])
+        for key in STAIN_CONDITION_SCORES:
+            conditions = dict.fromkeys(
+                name for run in runs for name in run.get(key, {}))
+            stats = {
+                name: mean_std([run.get(key, {}).get(name) for run in runs])
+                for name in conditions
+            }
+            entry[key] = {name: stat[0] for name, stat in stats.items()}
+            entry[f'{key}_std'] = {
+                name: stat[1]
+                for name, stat in stats.items()
+            }
         for key in STAGE1_CLASS_SCORES + TEST_CLASS_SCORES:
             stats = {
                 cls: mean_std([run[key][cls] for run in runs])
@@ -601,7 +681,8 @@ def aggregate(per_seed: Dict[int, Dict[str, dict]],
     for key in STAGE1_SCORES:
         results[key] = primary[key]
         results[f'{key}_std'] = primary[f'{key}_std']
-    for key in TEST_SCORES + TEST_CLASS_SCORES:
+    for key in (TEST_SCORES + TEST_CLASS_SCORES + STAIN_SCORES +
+                STAIN_CONDITION_SCORES):
         for name in (key, f'{key}_std'):
             results[name] = {
                 variant: entry[name]
@@ -630,15 +711,17 @@ PROTOCOL_TITLES = {
 }
 
 
+def pct(value: Optional[float], std: Optional[float]) -> str:
+    """A fraction and its std as ``'12.34 ± 0.56'`` (%; ``'-'`` if None)."""
+    if value is None:
+        return '-'
+    return f'{100 * value:.2f}' if not std else \
+        f'{100 * value:.2f} ± {100 * std:.2f}'
+
+
 def format_results_table(results: dict, classes: List[str]) -> str:
     """Markdown tables of the pipeline's numbers, one per protocol (mean ±
     std, in %); the pseudo-mask scores (training split) are in the first."""
-
-    def pct(value: Optional[float], std: Optional[float]) -> str:
-        if value is None:
-            return '-'
-        return f'{100 * value:.2f}' if not std else \
-            f'{100 * value:.2f} ± {100 * std:.2f}'
 
     tables = []
     for suffix, title in PROTOCOL_TITLES.items():
@@ -665,7 +748,44 @@ def format_results_table(results: dict, classes: List[str]) -> str:
             ]
             lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
         tables.append('\n'.join(lines))
+    tables.append(format_stain_table(results))
     return '\n\n'.join(tables)
+
+
+# Rows of the stain-shift table: score-name prefix -> row-name suffix.
+STAIN_ROWS = {'stain_shift': '', 'stain_norm': ' + Macenko'}
+
+
+def format_stain_table(results: dict) -> str:
+    """Markdown table of the final models' mIoU on the re-stained test
+    split: one row per variant (and per variant + Macenko normalisation,
+    when run), one column per condition, then the worst change."""
+    conditions = list(dict.fromkeys(
+        name for entry in results['variants'].values()
+        for key in STAIN_CONDITION_SCORES for name in entry.get(key, {})))
+    lines = [
+        'Stain shift: final mIoU (test, GT background ignored) on the test '
+        'images re-stained in HED space (tools/test.py --stain-shift); '
+        '+ Macenko: then normalised towards the stain target of the '
+        "checkpoint's training images (--stain-norm):", '',
+        '| variant | ' + ' | '.join(conditions) + ' | worst change |',
+        '|---|' + '---|' * (len(conditions) + 1)
+    ]
+    for name, entry in results['variants'].items():
+        for prefix, suffix in STAIN_ROWS.items():
+            miou, std = (entry.get(f'{prefix}_miou{end}', {})
+                         for end in ('', '_std'))
+            if not miou:
+                continue
+            change = entry[f'{prefix}_worst_change']
+            change_std = entry[f'{prefix}_worst_change_std']
+            cells = [pct(miou.get(c), std.get(c)) for c in conditions]
+            worst = '-' if change is None else \
+                f'{"+" if change >= 0 else ""}{pct(change, change_std)}'
+
+            lines.append(f'| {name}{suffix} | ' + ' | '.join(cells) +
+                         f' | {worst} |')
+    return '\n'.join(lines)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -7,6 +7,7 @@ from mmengine.dist import is_main_process
 from mmengine.runner import Runner
 
 from protoprompt_mm.apis import (stain_shift_table, stain_shift_test,
+                                 with_stain_normalization,
                                  write_stain_shift_report)
 from protoprompt_mm.datasets.stain import STAIN_SHIFTS
 from protoprompt_mm.utils import load_runner_config
@@ -45,6 +46,12 @@ def parse_args() -> argparse.Namespace:
         help='also test on the test images re-stained in HED space (all '
         f'of {", ".join(STAIN_SHIFTS)} when none is named); writes '
         'stain_shift.json / .md to the work dir')
+    parser.add_argument(
+        '--stain-norm',
+        metavar='REFERENCE',
+        help='Macenko-normalise the test images first, towards a reference '
+        'image or the stain target a checkpoint carries (e.g. the tested '
+        'checkpoint: the stain of its training images)')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args()
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
@@ -78,6 +85,8 @@ def main() -> None:
         cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
         cfg.tta_model.module = cfg.model
         cfg.model = cfg.tta_model
+    if args.stain_norm is not None:
+        cfg = with_stain_normalization(cfg, args.stain_norm)
     if args.out is not None:
         cfg.test_evaluator['output_dir'] = args.out
         cfg.test_evaluator['keep_results'] = True
@@ -87,7 +96,8 @@ def main() -> None:
     results = stain_shift_test(cfg, args.stain_shift or list(STAIN_SHIFTS))
     if is_main_process():
         _, md_path = write_stain_shift_report(results, cfg.work_dir,
-                                              checkpoint=args.checkpoint)
+                                              checkpoint=args.checkpoint,
+                                              stain_norm=args.stain_norm)
         print(f'\n{stain_shift_table(results)}wrote {md_path}')
 
 

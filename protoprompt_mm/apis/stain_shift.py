@@ -18,7 +18,8 @@ from typing import Dict, Optional, Sequence, Tuple
 from mmengine.config import Config
 from mmengine.runner import Runner
 
-from protoprompt_mm.datasets.stain import STAIN_SHIFTS
+from protoprompt_mm.datasets.stain import (STAIN_SHIFTS,
+                                           build_stain_normalizer)
 
 CLEAN = 'clean'
 REPORT_FILES = ('stain_shift.json', 'stain_shift.md')
@@ -44,16 +45,61 @@ def with_stain_shift(cfg: Config, condition: str) -> Config:
     cfg = copy.deepcopy(cfg)
     if condition == CLEAN:
         return cfg
+    insert_after_loading(cfg, dict(type='FixedStainShift',
+                                   condition=condition), 'stain shift')
+    return cfg
+
+
+def insert_after_loading(cfg: Config, step: dict, what: str) -> None:
+    """Insert ``step`` right after ``LoadImageFromFile`` of the test pipeline.
+
+    Args:
+        cfg: A runner config with ``test_dataloader.dataset.pipeline``
+            (changed in place).
+        step: The transform config.
+        what: Name of the caller, for the error message.
+
+    Raises:
+        ValueError: If the test pipeline has no ``LoadImageFromFile`` step.
+    """
     pipeline = cfg.test_dataloader.dataset.pipeline
-    loads = [i for i, step in enumerate(pipeline)
-             if step.get('type') == 'LoadImageFromFile']
+    loads = [i for i, entry in enumerate(pipeline)
+             if entry.get('type') == 'LoadImageFromFile']
     if not loads:
         raise ValueError(
-            'stain shift: test_dataloader.dataset.pipeline has no '
-            "dict(type='LoadImageFromFile') step to re-stain after; its "
-            f'steps: {[step.get("type") for step in pipeline]}')
-    pipeline.insert(loads[0] + 1,
-                    dict(type='FixedStainShift', condition=condition))
+            f'{what}: test_dataloader.dataset.pipeline has no '
+            "dict(type='LoadImageFromFile') step to insert after; its "
+            f'steps: {[entry.get("type") for entry in pipeline]}')
+    pipeline.insert(loads[0] + 1, step)
+
+
+def with_stain_normalization(cfg: Config, reference: str) -> Config:
+    """A copy of ``cfg`` whose test images are Macenko-normalised first.
+
+    ``MacenkoStainNormalize(reference=reference)`` goes right after
+    ``LoadImageFromFile`` of the test pipeline; a stain shift added later
+    by :func:`with_stain_shift` lands before it (the normalisation sees the
+    re-stained image, as it would another lab's).
+
+    Args:
+        cfg: A runner config with ``test_dataloader.dataset.pipeline``.
+        reference: Reference image, or a checkpoint carrying the stain
+            target of its training images (``StainTargetHook``).
+
+    Returns:
+        Config: The copy.
+
+    Raises:
+        FileNotFoundError / KeyError / ValueError: From
+            :func:`~protoprompt_mm.datasets.stain.build_stain_normalizer`
+            when the reference cannot give a target (checked here, before
+            any test runs).
+    """
+    build_stain_normalizer(reference)
+    cfg = copy.deepcopy(cfg)
+    insert_after_loading(
+        cfg, dict(type='MacenkoStainNormalize', reference=reference),
+        'stain normalisation')
     return cfg
 
 
@@ -121,7 +167,8 @@ def stain_shift_table(results: Dict[str, Dict[str, float]],
 def write_stain_shift_report(results: Dict[str, Dict[str, float]],
                              out_dir: str,
                              metric: str = 'mIoU',
-                             checkpoint: Optional[str] = None
+                             checkpoint: Optional[str] = None,
+                             stain_norm: Optional[str] = None
                              ) -> Tuple[str, str]:
     """Write ``stain_shift.json`` (all metrics) and ``stain_shift.md``.
 
@@ -130,6 +177,8 @@ def write_stain_shift_report(results: Dict[str, Dict[str, float]],
         out_dir: Folder of the two files (created).
         metric: The table's metric.
         checkpoint: Named in both files when given.
+        stain_norm: The Macenko reference the test images were normalised
+            towards (``tools/test.py --stain-norm``), named when given.
 
     Returns:
         tuple: The JSON and markdown paths.
@@ -139,11 +188,13 @@ def write_stain_shift_report(results: Dict[str, Dict[str, float]],
     factors = {name: dict(zip(('H', 'E'), STAIN_SHIFTS[name]))
                for name in results if name != CLEAN}
     with open(json_path, 'w') as f:
-        json.dump(dict(checkpoint=checkpoint, factors=factors,
-                       metrics=results), f, indent=2)
+        json.dump(dict(checkpoint=checkpoint, stain_norm=stain_norm,
+                       factors=factors, metrics=results), f, indent=2)
     source = f' of {checkpoint}' if checkpoint else ''
+    norm = (f'; then Macenko-normalised towards the stain of {stain_norm}'
+            if stain_norm else '')
     with open(md_path, 'w') as f:
         f.write(f'Stain shift{source}: H and E concentrations scaled in HED '
-                'space (Ruifrok-Johnston)\n\n' +
+                f'space (Ruifrok-Johnston){norm}\n\n' +
                 stain_shift_table(results, metric))
     return json_path, md_path

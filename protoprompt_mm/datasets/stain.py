@@ -30,10 +30,12 @@ application for large regions, RGB only, an obscure failure on a patch of
 glass); it is tested against a known decomposition.
 """
 import math
+import os.path as osp
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import mmcv
 import numpy as np
+import torch
 
 # Unit OD vectors (RGB) of haematoxylin, eosin and DAB (Ruifrok & Johnston).
 RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11],
@@ -255,6 +257,90 @@ class MacenkoNormalizer:
         return out
 
 
+def fit_stain_target(paths: Sequence[str],
+                     max_pixels_per_image: int = 20_000,
+                     beta: float = 0.15,
+                     alpha: float = 1.0) -> Dict[str, list]:
+    """One Macenko target from the pooled tissue pixels of many images.
+
+    A regular grid of at most ``max_pixels_per_image`` pixels of each image
+    is pooled and fitted once (:func:`macenko_stains`), so the target
+    describes the stain of the whole set rather than of one image.
+
+    Args:
+        paths: Image files (e.g. a sample of the training images).
+        max_pixels_per_image: Pixels taken from each image at most.
+        beta: OD threshold of tissue pixels.
+        alpha: Percentile of the extreme angles.
+
+    Returns:
+        dict: ``stain_matrix`` (2 x 3 list, H and E unit OD vectors, RGB),
+        ``max_concentrations`` (2 numbers) and ``num_images``: the keyword
+        arguments of :class:`MacenkoNormalizer` (and of
+        ``MacenkoStainNormalize``) plus the count.
+
+    Raises:
+        FileNotFoundError: If a file is not a readable image.
+        ValueError: If ``paths`` is empty or the pooled pixels hold too
+            little tissue.
+    """
+    if not paths:
+        raise ValueError('fit_stain_target: no images given')
+    samples = []
+    for path in paths:
+        bgr = mmcv.imread(path)
+        if bgr is None:
+            raise FileNotFoundError(f'{path}: not a readable image (fitting '
+                                    'the stain target)')
+        check_image(bgr, path)
+        step = math.ceil(math.sqrt(bgr.shape[0] * bgr.shape[1] /
+                                   max_pixels_per_image))
+        samples.append(bgr[::step, ::step, ::-1].reshape(-1, 3))
+    pooled = np.concatenate(samples)[:, None, :]  # (N, 1, 3) RGB
+    matrix, maxima = macenko_stains(
+        pooled, beta, alpha, max_pixels=len(pooled),
+        where=f'the pooled pixels of {len(paths)} images')
+    return dict(stain_matrix=matrix.round(6).tolist(),
+                max_concentrations=maxima.round(6).tolist(),
+                num_images=len(paths))
+
+
+def stain_target_from_checkpoint(path: str) -> Dict[str, list]:
+    """The stain target a training run stored in its checkpoint.
+
+    ``StainTargetHook`` writes it to ``checkpoint['meta']['stain_target']``.
+
+    Args:
+        path: A local ``.pth`` checkpoint.
+
+    Returns:
+        dict: ``stain_matrix`` and ``max_concentrations`` (see
+        :func:`fit_stain_target`).
+
+    Raises:
+        FileNotFoundError: If ``path`` is not a file.
+        KeyError: If the checkpoint carries no stain target.
+    """
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'{path}: no such checkpoint')
+    meta = torch.load(path, map_location='cpu',
+                      weights_only=False).get('meta') or {}
+    target = meta.get('stain_target')
+    if target is None:
+        raise KeyError(
+            f'{path}: the checkpoint carries no stain target '
+            "(meta['stain_target']); it is written by StainTargetHook "
+            '(default_hooks.stain_target of the schedules in '
+            'configs/_base_/schedules); give a reference image instead')
+    return {key: target[key]
+            for key in ('stain_matrix', 'max_concentrations')}
+
+
+def is_checkpoint_path(path: str) -> bool:
+    """Whether ``path`` names a PyTorch checkpoint (``.pth`` / ``.pt``)."""
+    return path.lower().endswith(('.pth', '.pt'))
+
+
 def build_stain_normalizer(reference: Optional[str] = None,
                            stain_matrix: Optional[Sequence] = None,
                            max_concentrations: Optional[Sequence] = None,
@@ -262,7 +348,9 @@ def build_stain_normalizer(reference: Optional[str] = None,
     """A :class:`MacenkoNormalizer` from a reference image or statistics.
 
     Args:
-        reference: Reference image path; or
+        reference: Reference image path, or a checkpoint (``.pth`` / ``.pt``)
+            whose training run stored the stain target of its training
+            images (:func:`stain_target_from_checkpoint`); or
         stain_matrix: Target H and E OD vectors (2, 3), with
         max_concentrations: their 2 maximal concentrations.
         **kwargs: ``beta``, ``alpha``, ``band`` of the normaliser.
@@ -277,6 +365,9 @@ def build_stain_normalizer(reference: Optional[str] = None,
             'stain normalisation: give either reference=<image path> or '
             'both stain_matrix=[[H r, g, b], [E r, g, b]] and '
             'max_concentrations=[H, E], not both')
+    if reference is not None and is_checkpoint_path(reference):
+        return MacenkoNormalizer(
+            **stain_target_from_checkpoint(reference), **kwargs)
     if reference is not None:
         return MacenkoNormalizer.from_image(reference, **kwargs)
     return MacenkoNormalizer(stain_matrix, max_concentrations, **kwargs)

@@ -24,7 +24,17 @@ crop_size = (224, 224)
 seg_meta_keys = ('img_path', 'seg_map_path', 'ori_shape', 'img_shape',
                  'pad_shape', 'scale_factor', 'flip', 'flip_direction',
                  'reduce_zero_label', 'img_labels')
+# Stain augmentation: per-stain scale and shift of the H, E, DAB
+# concentrations (RandomHEDJitter; Tellez et al. 2018 / 2019: "HED-light"
+# sigma 0.05, "HED-strong" 0.2), first in both training pipelines, before
+# the RGB distortion; val / test stay without. Another strength, or none:
+# see configs/protoprompt/ablations/*stain-aug* (the training pipelines of
+# a config with the jitter replaced or filtered out).
+stain_augmentations = [
+    dict(type='RandomHEDJitter', scale_sigma=0.05, shift_sigma=0.05),
+]
 augmentations = [
+    *stain_augmentations,
     dict(type='RandomFlip', prob=0.5, direction='horizontal'),
     dict(type='RandomFlip', prob=0.5, direction='vertical'),
     dict(type='RandomRotate90', prob=0.5),
@@ -34,16 +44,6 @@ augmentations = [
         contrast_range=(0.8, 1.2),
         saturation_range=(0.8, 1.2),
         hue_delta=5),
-]
-# Stain augmentation: per-stain scale and shift of the H, E, DAB
-# concentrations (Tellez et al. 2018 / 2019, sigma 0.05; RandomHEDJitter).
-# Off for now (the result tables were measured without it). To train with
-# it, add this line here, above the pipelines (both training pipelines get
-# it, before the RGB distortion; val / test stay without):
-#
-#     augmentations = [*stain_augmentations, *augmentations]
-stain_augmentations = [
-    dict(type='RandomHEDJitter', scale_sigma=0.05, shift_sigma=0.05),
 ]
 train_pipeline = [
     dict(type='LoadImageFromFile'),

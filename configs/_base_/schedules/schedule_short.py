@@ -22,4 +22,7 @@ default_hooks = dict(
     checkpoint=dict(
         type='CheckpointHook', by_epoch=False, interval=200, max_keep_ckpts=1),
     sampler_seed=dict(type='DistSamplerSeedHook'),
-    visualization=dict(type='SegVisualizationHook'))
+    visualization=dict(type='SegVisualizationHook'),
+    # Macenko stain target of the training images, stored in every
+    # checkpoint (meta['stain_target']) for --stain-norm CKPT at inference.
+    stain_target=dict(type='StainTargetHook', num_images=64))

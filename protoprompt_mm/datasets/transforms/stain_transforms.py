@@ -136,7 +136,9 @@ class MacenkoStainNormalize(BaseTransform):
     """Macenko stain normalisation towards a reference.
 
     The target is a reference image (``reference``, its stains estimated
-    once when the transform is built) or stored statistics:
+    once when the transform is built), a checkpoint whose training run
+    stored the stains of its training images (``reference='....pth'``,
+    written by ``StainTargetHook``) or stored statistics:
     ``stain_matrix`` (the H and E unit OD vectors, RGB, as 2 rows of 3
     numbers) and ``max_concentrations`` (2 numbers), e.g. Macenko's
     reference values ``stain_matrix=[[0.5626, 0.7201, 0.4062], [0.2159,
@@ -153,7 +155,7 @@ class MacenkoStainNormalize(BaseTransform):
     - img
 
     Args:
-        reference (str, optional): Reference image path.
+        reference (str, optional): Reference image or checkpoint path.
         stain_matrix (list, optional): Target (2, 3) H and E OD vectors.
         max_concentrations (list, optional): Target H and E maxima.
         beta (float): OD threshold of tissue pixels.

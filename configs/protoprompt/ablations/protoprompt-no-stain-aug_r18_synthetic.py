@@ -1,0 +1,7 @@
+# Stain-augmentation ablation: protoprompt_r18_synthetic.py without the HED
+# jitter in its training pipeline (`make stain-robustness`).
+_base_ = '../protoprompt_r18_synthetic.py'
+train_dataloader = dict(dataset=dict(pipeline=[
+    step for step in _base_.train_pipeline_pseudo
+    if step['type'] != 'RandomHEDJitter'
+]))
