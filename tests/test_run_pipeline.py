@@ -79,7 +79,11 @@ def test_results_json_schema(pipeline_run):
         'pseudo_mask_miou', 'pseudo_mask_precision_miou',
         'pseudo_mask_coverage'
     ]
-    tests = run_scores('test') + ['test_iou', 'test_iou_background_as_error']
+    tests = run_scores('test') + [
+        'test_iou', 'test_iou_background_as_error', 'stain_shift_miou',
+        'stain_shift_worst_change', 'stain_norm_miou',
+        'stain_norm_worst_change'
+    ]
     assert 'test_miou_background_as_error' in tests
     assert set(results) == {
         'seeds', *scores, *(f'{key}_std' for key in scores), *tests,
@@ -115,9 +119,25 @@ def test_results_json_schema(pipeline_run):
                     assert as_error[cls] <= iou
             assert entry[f'{stage}_miou_background_as_error'] <= \
                 entry[f'{stage}_miou']
+    # The final models on the re-stained test split (no --stain-norm here).
+    conditions = ['clean', 'paler', 'darker', 'haematoxylin_heavy',
+                  'eosin_heavy']
+    for variant in ('full', 'cam'):
+        entry = results['variants'][variant]
+        shifted = entry['stain_shift_miou']
+        assert list(shifted) == conditions
+        assert shifted['clean'] == entry['test_miou']
+        assert entry['stain_shift_worst_change'] == pytest.approx(
+            min(shifted[c] - shifted['clean'] for c in conditions[1:]),
+            abs=1e-4)
+        assert entry['stain_norm_miou'] == {}
+        assert entry['stain_norm_worst_change'] is None
     table = (work_dir / 'results.md').read_text()
-    assert table.count('| full |') == 2 and table.count('| cam |') == 2
+    assert table.count('| full |') == 3 and table.count('| cam |') == 3
     assert 'GT background ignored' in table and 'TPRO / PBIP' in table
+    assert ('| variant | ' + ' | '.join(conditions) + ' | worst change |'
+            ) in table
+    assert '+ Macenko' not in table.split('--stain-norm')[1]
 
 
 def test_every_step_left_its_output(pipeline_run):
@@ -286,6 +306,38 @@ def test_aggregate_means_and_sample_stds_over_seeds():
     assert ('| full | 60.00 ± 10.00 | 60.00 ± 10.00 | 60.00 ± 10.00 | '
             '60.00 ± 10.00 | 60.00 ± 10.00 | 60.00 ± 10.00 | 10.00 | '
             '60.00 ± 14.14 |') in as_error
+
+
+def test_stain_table_gives_each_condition_and_the_worst_change():
+    pipeline = load_run_pipeline()
+
+    def run(clean, darker, norm_darker=None):
+        scores = dict(stain_shift_miou=dict(clean=clean, darker=darker),
+                      stain_shift_worst_change=round(darker - clean, 4))
+        if norm_darker is not None:
+            scores.update(
+                stain_norm_miou=dict(clean=clean, darker=norm_darker),
+                stain_norm_worst_change=round(norm_darker - clean, 4))
+        return scores
+
+    variants = dict(aug=pipeline.Variant('s1.py', 's2.py'),
+                    plain=pipeline.Variant('s1.py', 's3.py'))
+    results = pipeline.aggregate(
+        {0: dict(aug=run(0.8, 0.7, 0.79), plain=run(0.8, 0.5)),
+         1: dict(aug=run(0.8, 0.75, 0.81), plain=run(0.8, 0.6))},
+        variants, [])
+    aug = results['variants']['aug']
+    assert aug['stain_shift_miou']['darker'] == pytest.approx(0.725)
+    assert aug['stain_shift_miou_std']['clean'] == 0.0
+    assert aug['stain_norm_worst_change'] == pytest.approx(0.0)
+    assert results['stain_shift_worst_change']['plain'] == pytest.approx(
+        -0.25)
+    table = pipeline.format_stain_table(results)
+    assert '| variant | clean | darker | worst change |' in table
+    assert '| aug | 80.00 | 72.50 ± 3.54 | -7.50 ± 3.54 |' in table
+    assert '| aug + Macenko | 80.00 | 80.00 ± 1.41 | +0.00 ± 1.41 |' in table
+    assert '| plain | 80.00 | 55.00 ± 7.07 | -25.00 ± 7.07 |' in table
+    assert 'plain + Macenko' not in table
 
 
 def test_every_preset_names_existing_configs():

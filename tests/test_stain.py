@@ -1,10 +1,12 @@
 """Stain maths and transforms: HED round trip, Macenko against a known
 decomposition, seeded jitter, BGR channel order, masks untouched, the
-stain augmentation switched on in a dataset base, --stain-norm inference."""
+stain augmentation on in every dataset base, --stain-norm inference."""
 import os.path as osp
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from mmengine.config import Config
 from mmseg.registry import DATASETS
 from PIL import Image
@@ -13,19 +15,21 @@ from protoprompt_mm.apis import infer_region, init_segmentor
 from protoprompt_mm.datasets.stain import (RGB_FROM_HED, STAIN_SHIFTS,
                                            MacenkoNormalizer, apply_to_bgr,
                                            build_stain_normalizer,
-                                           hed_to_rgb, intensity,
-                                           macenko_stains, rgb_to_hed,
+                                           fit_stain_target, hed_to_rgb,
+                                           intensity, macenko_stains,
+                                           optical_density, rgb_to_hed,
                                            scale_stains)
 from protoprompt_mm.datasets.transforms import (FixedStainShift,
                                                 MacenkoStainNormalize,
                                                 RandomHEDJitter)
+from protoprompt_mm.engine.hooks import StainTargetHook
 from test_infer_region import (  # noqa: F401  (the fixture tiny_model_files)
     PerPixelModel, load_tool, random_image, tiny_model_files)
 from test_manifest_training import CLASSES, make_patches
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DATASET_BASES = osp.join(REPO, 'configs', '_base_', 'datasets')
-SWITCH = 'augmentations = [*stain_augmentations, *augmentations]'
+ABLATIONS = osp.join(REPO, 'configs', 'protoprompt', 'ablations')
 # H and E vectors unlike Ruifrok-Johnston's, to be recovered by Macenko.
 SOURCE = np.array([[0.60, 0.75, 0.28], [0.20, 0.90, 0.40]])
 TARGET = np.array([[0.55, 0.72, 0.42], [0.22, 0.80, 0.56]])
@@ -179,24 +183,52 @@ def test_normalize_transform_is_bgr_in_bgr_out_and_leaves_masks():
     assert 'stain_matrix=' in repr(transform)
 
 
-def test_stain_augmentation_switched_on_in_a_dataset_base(tmp_path):
-    """The one-line switch documented in bcss_wsss.py, on a copy of the
-    dataset bases; the manifest base inherits it; one training sample."""
-    bases = tmp_path / 'datasets'
-    bases.mkdir()
-    for name in ('bcss_wsss.py', 'manifest.py'):
-        text = open(osp.join(DATASET_BASES, name)).read()
-        if name == 'bcss_wsss.py':
-            assert text.count(f'#     {SWITCH}\n') == 1
-            text = text.replace('train_pipeline = [',
-                                f'{SWITCH}\ntrain_pipeline = [', 1)
-        (bases / name).write_text(text)
-    cfg = Config.fromfile(str(bases / 'manifest.py'))
-    for key in ('train_pipeline', 'train_pipeline_pseudo'):
+@pytest.mark.parametrize('base', [
+    'bcss_wsss.py', 'luad_histoseg.py', 'synthetic_histo.py', 'manifest.py'
+])
+def test_stain_augmentation_is_on_in_every_dataset_base(base):
+    """HED jitter before the RGB distortion in both training pipelines and
+    their loaders; none in val / test / TTA."""
+    cfg = Config.fromfile(osp.join(DATASET_BASES, base))
+    loaders = dict(train_pipeline=cfg.train_dataloader.dataset.pipeline,
+                   train_pipeline_pseudo=cfg.train_dataloader_pseudo.dataset
+                   .pipeline)
+    for key, loader_pipeline in loaders.items():
         types = [step['type'] for step in cfg[key]]
         assert types.index('RandomHEDJitter') < \
-            types.index('PhotoMetricDistortion'), types
-    assert 'RandomHEDJitter' not in str(cfg.test_pipeline)
+            types.index('PhotoMetricDistortion'), (base, key, types)
+        assert loader_pipeline == cfg[key]
+    for key in ('test_pipeline', 'tta_pipeline'):
+        assert 'RandomHEDJitter' not in str(cfg[key])
+    for loader in ('val_dataloader', 'test_dataloader'):
+        assert 'RandomHEDJitter' not in str(cfg[loader])
+
+
+@pytest.mark.parametrize('ablation, parent, jitter', [
+    ('stage1_protocam-no-stain-aug', 'stage1_protocam', None),
+    ('protoprompt-no-stain-aug', 'protoprompt', None),
+    ('stage1_protocam-hed-strong', 'stage1_protocam', 0.2),
+    ('protoprompt-hed-strong', 'protoprompt', 0.2),
+])
+def test_stain_ablation_configs_change_only_the_jitter(ablation, parent,
+                                                       jitter):
+    name = '{}_r18_synthetic.py'
+    pipeline = Config.fromfile(osp.join(ABLATIONS, name.format(
+        ablation))).train_dataloader.dataset.pipeline
+    parent_pipeline = Config.fromfile(osp.join(
+        REPO, 'configs', 'protoprompt',
+        name.format(parent))).train_dataloader.dataset.pipeline
+    jitters = [(step['scale_sigma'], step['shift_sigma'])
+               for step in pipeline if step['type'] == 'RandomHEDJitter']
+    assert jitters == ([] if jitter is None else [(jitter, jitter)])
+    assert [step for step in pipeline
+            if step['type'] != 'RandomHEDJitter'] == [
+                step for step in parent_pipeline
+                if step['type'] != 'RandomHEDJitter']
+
+
+def test_stain_augmentation_runs_in_a_training_sample(tmp_path):
+    cfg = Config.fromfile(osp.join(DATASET_BASES, 'manifest.py'))
     data_root = str(tmp_path / 'data')
     make_patches(data_root)
     dataset_cfg = cfg.train_dataloader.dataset
@@ -238,3 +270,111 @@ def test_infer_region_with_stain_normalisation(tiny_model_files, tmp_path):
     with pytest.raises(FileNotFoundError, match='nothing.png'):
         load_tool().main([*args, '--stain-norm', str(tmp_path /
                                                       'nothing.png')])
+
+
+def write_stained_images(folder, count, matrix, size=(48, 48)):
+    paths = []
+    for i in range(count):
+        path = str(folder / f'stained{i}.png')
+        Image.fromarray(beer_lambert(concentrations(size, seed=10 + i),
+                                     matrix)).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_stain_target_pools_images_and_recovers_their_stains(tmp_path):
+    paths = write_stained_images(tmp_path, 3, SOURCE)
+    target = fit_stain_target(paths, max_pixels_per_image=1000)
+    assert target['num_images'] == 3
+    assert np.allclose(target['stain_matrix'], unit(SOURCE), atol=0.02)
+    # The 99th-percentile concentrations of the pooled amounts.
+    pooled = np.concatenate([concentrations((48, 48), seed=10 + i)
+                             for i in range(3)]).reshape(-1, 2)
+    tissue = (optical_density(np.stack([beer_lambert(
+        concentrations((48, 48), seed=10 + i), SOURCE) for i in range(3)]
+    ).reshape(-1, 3)) >= 0.15).all(axis=1)
+    assert np.allclose(target['max_concentrations'],
+                       np.percentile(pooled[tissue], 99, axis=0), rtol=0.1)
+    glass = str(tmp_path / 'glass.png')
+    Image.fromarray(np.full((32, 32, 3), 250, np.uint8)).save(glass)
+    with pytest.raises(ValueError, match='pooled pixels of 1 images'):
+        fit_stain_target([glass])
+    with pytest.raises(FileNotFoundError, match='missing.png'):
+        fit_stain_target([str(tmp_path / 'missing.png')])
+
+
+def test_normalizer_from_the_stain_target_a_checkpoint_carries(tmp_path):
+    target = dict(stain_matrix=unit(TARGET).tolist(),
+                  max_concentrations=[1.5, 0.9], num_images=3)
+    checkpoint = str(tmp_path / 'iter_2.pth')
+    torch.save(dict(meta=dict(stain_target=target), state_dict={}),
+               checkpoint)
+    from_checkpoint = build_stain_normalizer(checkpoint)
+    expected = MacenkoNormalizer(target['stain_matrix'],
+                                 target['max_concentrations'])
+    rgb = beer_lambert(concentrations((40, 40), seed=3), SOURCE)
+    assert np.array_equal(from_checkpoint.normalize(rgb),
+                          expected.normalize(rgb))
+    assert 'reference=' in repr(MacenkoStainNormalize(reference=checkpoint))
+    bare = str(tmp_path / 'bare.pth')
+    torch.save(dict(meta=dict(), state_dict={}), bare)
+    with pytest.raises(KeyError, match='carries no stain target'):
+        build_stain_normalizer(bare)
+    with pytest.raises(FileNotFoundError, match='nope.pth'):
+        build_stain_normalizer(str(tmp_path / 'nope.pth'))
+
+
+class ListDataset:
+    """``len`` and ``get_data_info`` of an mmseg dataset over files."""
+
+    def __init__(self, paths):
+        self.paths = paths
+
+    def __len__(self):
+        return len(self.paths)
+
+    def get_data_info(self, index):
+        return dict(img_path=self.paths[index])
+
+
+def fake_runner(paths, iteration=0):
+    return SimpleNamespace(
+        iter=iteration,
+        train_dataloader=SimpleNamespace(dataset=ListDataset(paths)))
+
+
+def test_stain_target_hook_fits_saves_and_keeps_a_resumed_target(tmp_path):
+    paths = write_stained_images(tmp_path, 5, SOURCE)
+    hook = StainTargetHook(num_images=3, max_pixels_per_image=500)
+    assert hook.sample_paths(ListDataset(paths)) == [
+        paths[0], paths[2], paths[4]]
+    hook.before_train(fake_runner(paths))
+    assert hook.target == fit_stain_target(
+        [paths[0], paths[2], paths[4]], max_pixels_per_image=500)
+    checkpoint = dict(meta=dict(seed=0))
+    hook.before_save_checkpoint(None, checkpoint)
+    assert checkpoint['meta'] == dict(seed=0, stain_target=hook.target)
+
+    # Resumed (iteration > 0): the checkpoint's target is kept, not refitted.
+    resumed = StainTargetHook()
+    stored = dict(hook.target, num_images=99)
+    resumed.after_load_checkpoint(None, dict(meta=dict(stain_target=stored)))
+    resumed.before_train(fake_runner(paths, iteration=4))
+    assert resumed.target == stored
+    # load_from (iteration 0): a fresh fit on this run's training images.
+    started = StainTargetHook(num_images=3, max_pixels_per_image=500)
+    started.after_load_checkpoint(None, dict(meta=dict(stain_target=stored)))
+    started.before_train(fake_runner(paths))
+    assert started.target == hook.target
+
+
+def test_stain_target_hook_on_glass_raises_or_warns(tmp_path):
+    glass = str(tmp_path / 'glass.png')
+    Image.fromarray(np.full((32, 32, 3), 250, np.uint8)).save(glass)
+    with pytest.raises(ValueError, match='strict=False'):
+        StainTargetHook().before_train(fake_runner([glass]))
+    lenient = StainTargetHook(strict=False)
+    lenient.before_train(fake_runner([glass]))
+    checkpoint = dict(meta={})
+    lenient.before_save_checkpoint(None, checkpoint)
+    assert lenient.target is None and checkpoint == dict(meta={})

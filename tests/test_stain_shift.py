@@ -4,10 +4,13 @@ checkpoint of the manifest example config."""
 import json
 import os.path as osp
 
+import numpy as np
 import pytest
+import torch
 from mmengine.config import Config
 
-from protoprompt_mm.apis import stain_shift_table, with_stain_shift
+from protoprompt_mm.apis import (stain_shift_table, with_stain_normalization,
+                                 with_stain_shift)
 from test_manifest_training import (  # noqa: F401  (the fixture trained)
     CONFIG, options, output, run_tool, trained)
 
@@ -68,3 +71,46 @@ def test_tool_reports_clean_and_shifted_miou(trained, tmp_path):
     assert table.splitlines()[-1] in proc.stdout
     for name in ('clean', 'haematoxylin_heavy'):
         assert osp.isdir(osp.join(work_dir, 'stain_shift', name))
+
+
+def test_tool_normalises_towards_the_checkpoints_stain(trained, tmp_path):
+    """The training run stored its images' stain target in the checkpoint;
+    --stain-norm CKPT puts Macenko normalisation after the re-staining."""
+    checkpoint = torch.load(trained['checkpoint'], weights_only=False)
+    target = checkpoint['meta']['stain_target']
+    assert np.asarray(target['stain_matrix']).shape == (2, 3)
+    assert target['num_images'] == 12  # every training patch (<= 64)
+    work_dir = str(tmp_path / 'norm')
+    proc = run_tool('test.py', CONFIG, trained['checkpoint'], '--stain-shift',
+                    'paler', '--stain-norm', trained['checkpoint'],
+                    '--work-dir', work_dir, *options(trained['data_root']))
+    assert proc.returncode == 0, output(proc)[-6000:]
+    log = output(proc)
+    # The config of the last (paler) run is the last one in the log.
+    assert log.rindex("type='FixedStainShift'") < log.rindex(
+        "type='MacenkoStainNormalize'")
+    with open(osp.join(work_dir, 'stain_shift.json')) as f:
+        report = json.load(f)
+    assert report['stain_norm'] == trained['checkpoint']
+    assert list(report['metrics']) == ['clean', 'paler']
+    with open(osp.join(work_dir, 'stain_shift.md')) as f:
+        assert 'Macenko-normalised towards the stain of' in f.read()
+
+
+def test_normalisation_goes_before_a_later_stain_shift(tmp_path):
+    target = dict(stain_matrix=[[0.65, 0.70, 0.29], [0.07, 0.99, 0.11]],
+                  max_concentrations=[1.0, 1.0])
+    checkpoint = str(tmp_path / 'ckpt.pth')
+    torch.save(dict(meta=dict(stain_target=target)), checkpoint)
+    cfg = Config(dict(test_dataloader=dict(dataset=dict(pipeline=[
+        dict(type='LoadImageFromFile'), dict(type='PackSegInputs')]))))
+    shifted = with_stain_shift(with_stain_normalization(cfg, checkpoint),
+                               'darker')
+    assert [step['type'] for step in
+            shifted.test_dataloader.dataset.pipeline] == [
+                'LoadImageFromFile', 'FixedStainShift',
+                'MacenkoStainNormalize', 'PackSegInputs']
+    assert len(cfg.test_dataloader.dataset.pipeline) == 2  # a copy
+    with pytest.raises(KeyError, match='carries no stain target'):
+        torch.save(dict(meta={}), checkpoint)
+        with_stain_normalization(cfg, checkpoint)

@@ -1,4 +1,5 @@
 """StainTargetHook: the training images' stain, carried by the checkpoint."""
+import logging
 from typing import List, Optional
 
 import numpy as np
@@ -77,7 +78,7 @@ class StainTargetHook(Hook):
                     'default_hooks.stain_target.strict=False to train '
                     'without a stain target)') from error
             print_log(f'StainTargetHook: no stain target stored ({error})',
-                      logger='current', level='WARNING')
+                      logger='current', level=logging.WARNING)
             return None
 
     def before_train(self, runner) -> None:
