@@ -1,26 +1,33 @@
-"""Tiled inference of large H&E regions with bounded memory.
+"""Tiled inference of large H&E images, streamed with bounded memory.
 
-A region far larger than the training patches is cut into ``tile`` x
+An image far larger than the training patches is cut into ``tile`` x
 ``tile`` tiles that overlap by ``overlap`` pixels, on the grid of mmseg's
 ``slide`` inference (the last tile of a row / column is shifted back to end
 at the border). Batches of tiles go through the model's data preprocessor
 and ``encode_decode`` (whole-tile inference, whatever ``test_cfg.mode``
-says). The softmax of each tile is added to a CPU canvas (N, H, W) with a
-linear cross-fade: along each axis a tile's weight ramps from ``0.5 /
-overlap`` at a border it shares with a neighbour to 1 ``overlap`` pixels
-in (1 at the image border); the canvas is divided by the summed weights.
-Plain averaging would let the prediction artefacts at a tile's border
-(zero padding) through as seams; the ramp hands each overlap to the tile
-whose interior it is.
+says). The softmax of each tile is blended with a linear cross-fade: along
+each axis a tile's weight ramps from ``0.5 / overlap`` at a border it
+shares with a neighbour to 1 ``overlap`` pixels in (1 at the image
+border), and every pixel is divided by the summed weights of the tiles
+that cover it. Plain averaging would let the prediction artefacts at a
+tile's border (zero padding) through as seams; the ramp hands each overlap
+to the tile whose interior it is.
 
-Memory: the uint8 image, the canvas (``N * H * W * 4`` bytes in float32,
-half in float16; e.g. 64 MiB for 4 classes at 2048 x 2048, 40 GiB at
-50 000 x 50 000) and one batch of tiles on the device. The summed weights
-are not stored: the windows are separable, so their sum is the outer
-product of a row and a column sum, formed one band of rows at a time for
-the final division.
+One code path serves regions in memory (:func:`infer_region`) and whole
+slides (:mod:`protoprompt_mm.apis.slide_inference`):
+:func:`stream_probabilities` reads tiles through a callback, skips the
+tiles a predicate rejects (glass), and yields the blended probabilities as
+:class:`ProbabilityBlock` s in scan order, as soon as no later tile can
+change them. It holds one batch of tiles, one tile-sized window of the
+current tile row and the band of rows the next tile row still overlaps
+(``(N + 1) * band * W * 4`` bytes, ``band`` = the rows two tile rows
+share, ``overlap`` except before a shifted last row): nothing grows with
+the image height, and no full-size canvas exists. Tiles are read one batch
+ahead in a thread, so reading overlaps the forward pass.
 """
-from typing import List, Optional, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -80,15 +87,6 @@ def tile_weights(length: int, starts: Sequence[int], tile: int,
     return windows
 
 
-def summed_weights(length: int, starts: Sequence[int], tile: int,
-                   windows: Sequence[Tensor]) -> Tensor:
-    """Sum of the tile windows at each position of one axis (float32)."""
-    total = torch.zeros(length)
-    for start, window in zip(starts, windows):
-        total[start:start + tile] += window
-    return total
-
-
 def label_map(probs: Tensor, band: int = 256) -> np.ndarray:
     """Arg-max class of every pixel, as uint8, one band of rows at a time.
 
@@ -138,6 +136,223 @@ def _tile_logits(model: nn.Module, tiles: List[Tensor]) -> Tensor:
     return model.encode_decode(data['inputs'], metas)[..., :size[0], :size[1]]
 
 
+@dataclass
+class ProbabilityBlock:
+    """Finished class probabilities of a box of the image.
+
+    Attributes:
+        y: Top row of the box.
+        x: Left column of the box.
+        probs: (N, h, w) float32 blended softmax; 0 where no tile was run.
+        covered: (h, w) bool, True where at least one tile was run.
+    """
+    y: int
+    x: int
+    probs: Tensor
+    covered: Tensor
+
+
+# A tile reader: (y, x) of the tile's top-left corner -> uint8 (tile, tile,
+# 3) in the training images' channel order (BGR); anything beyond the image
+# is filled (e.g. white glass).
+TileReader = Callable[[int, int], np.ndarray]
+# Whether to run the tile at (y, x); a skipped tile adds nothing.
+TilePredicate = Callable[[int, int], bool]
+
+
+def _tile_probabilities(model: nn.Module, read_tile: TileReader,
+                        positions: List[Tuple[int, int, int, int]],
+                        batch_size: int, progress: bool
+                        ) -> Iterator[Tuple[int, int, Tensor]]:
+    """Softmax of the tiles at ``positions`` ``(i, j, y, x)``, in order.
+
+    The next batch is read in a thread while the model runs the current
+    one. Yields ``(i, j, probs (N, t, t) float32 on the CPU)``.
+    """
+    batches = [positions[k:k + batch_size]
+               for k in range(0, len(positions), batch_size)]
+
+    def read(batch):
+        return [torch.from_numpy(np.ascontiguousarray(
+            read_tile(y, x))).permute(2, 0, 1) for _, _, y, x in batch]
+
+    bar = ProgressBar(len(positions)) if progress and positions else None
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        upcoming = reader.submit(read, batches[0]) if batches else None
+        for k, batch in enumerate(batches):
+            tiles = upcoming.result()
+            if k + 1 < len(batches):
+                upcoming = reader.submit(read, batches[k + 1])
+            probs = _tile_logits(model, tiles).float().softmax(dim=1).cpu()
+            for (i, j, _, _), prob in zip(batch, probs):
+                yield i, j, prob
+            if bar is not None:
+                bar.update(len(batch))
+
+
+class _TileRowBlender:
+    """Blends the tiles of one tile row and emits its finished rows.
+
+    The tile row covers rows ``[top, top + tile)``; rows ``[top, done_to)``
+    are finished once the row's tiles are in (no later tile row reaches
+    them), the rest is handed on as the next row's carried band. Tiles
+    arrive left to right; everything left of the newest tile's column is
+    finished, so only a tile-sized window of the row is kept.
+    """
+
+    def __init__(self, top: int, done_to: int, tile: int, width: int,
+                 carried: Optional[Tuple[Tensor, Tensor]],
+                 num_classes: int) -> None:
+        self.top, self.done_to, self.tile, self.width = (top, done_to, tile,
+                                                         width)
+        self.carried = carried  # (probs (N, P, W), weights (P, W)) or None
+        self.window = torch.zeros(num_classes, tile, tile)
+        self.window_weights = torch.zeros(tile, tile)
+        self.window_x = 0
+        self.done_x = 0
+        tail = top + tile - done_to
+        self.band = (torch.zeros(num_classes, tail, width),
+                     torch.zeros(tail, width))
+
+    def add(self, x: int, prob: Tensor,
+            weight: Tensor) -> Iterator[Tuple[int, Tensor, Tensor]]:
+        """Blend a tile at column ``x``; yields finished column chunks."""
+        yield from self.finish(x)
+        shift = x - self.window_x
+        window = torch.zeros_like(self.window)
+        weights = torch.zeros_like(self.window_weights)
+        if 0 <= shift < self.tile:
+            window[:, :, :self.tile - shift] = self.window[:, :, shift:]
+            weights[:, :self.tile - shift] = self.window_weights[:, shift:]
+        window += prob * weight
+        weights += weight
+        self.window, self.window_weights, self.window_x = window, weights, x
+
+    def finish(self, to_x: int) -> Iterator[Tuple[int, Tensor, Tensor]]:
+        """Emit columns ``[done_x, to_x)`` in chunks of at most a tile:
+        yields ``(x, probs (N, rows, w), weights (rows, w))`` of the
+        finished rows, and keeps their tail in the band."""
+        for x0 in range(self.done_x, to_x, self.tile):
+            x1 = min(x0 + self.tile, to_x)
+            probs = torch.zeros(self.window.shape[0], self.tile, x1 - x0)
+            weights = torch.zeros(self.tile, x1 - x0)
+            lo, hi = max(x0, self.window_x), min(x1,
+                                                 self.window_x + self.tile)
+            if lo < hi:
+                probs[:, :, lo - x0:hi - x0] = self.window[
+                    :, :, lo - self.window_x:hi - self.window_x]
+                weights[:, lo - x0:hi - x0] = self.window_weights[
+                    :, lo - self.window_x:hi - self.window_x]
+            if self.carried is not None:
+                carried_probs, carried_weights = self.carried
+                rows = carried_weights.shape[0]
+                probs[:, :rows] += carried_probs[:, :, x0:x1]
+                weights[:rows] += carried_weights[:, x0:x1]
+            head = self.done_to - self.top
+            self.band[0][:, :, x0:x1] = probs[:, head:]
+            self.band[1][:, x0:x1] = weights[head:]
+            yield x0, probs[:, :head], weights[:head]
+        self.done_x = max(self.done_x, to_x)
+
+
+def stream_probabilities(model: nn.Module,
+                         read_tile: TileReader,
+                         height: int,
+                         width: int,
+                         tile: int = 224,
+                         overlap: int = 32,
+                         batch_size: int = 8,
+                         run_tile: Optional[TilePredicate] = None,
+                         progress: bool = False
+                         ) -> Iterator[ProbabilityBlock]:
+    """Blended class probabilities of an image, tile row by tile row.
+
+    Args:
+        model: An mmseg segmentor in eval mode (``data_preprocessor`` and
+            ``encode_decode``), e.g. from :func:`init_segmentor`.
+        read_tile: The tile at ``(y, x)`` (see :data:`TileReader`); an
+            image smaller than a tile is read as one padded tile.
+        height: Image height.
+        width: Image width.
+        tile: Tile side.
+        overlap: Pixels shared by neighbouring tiles, in [0, tile); also
+            the length of the cross-fade.
+        batch_size: Tiles per forward pass.
+        run_tile: Which tiles to run (default: all).
+        progress: Show an mmengine progress bar over the run tiles.
+
+    Yields:
+        ProbabilityBlock: Finished boxes in scan order: the rows of one
+        tile row (up to the next tile row's top) in chunks of at most
+        ``tile`` columns, left to right; together they tile the image.
+    """
+    if not 0 <= overlap < tile:
+        raise ValueError(f'stream_probabilities: need 0 <= overlap < tile, '
+                         f'got overlap={overlap}, tile={tile}')
+    if batch_size < 1:
+        raise ValueError(f'stream_probabilities: batch_size must be >= 1, '
+                         f'got {batch_size}')
+    grid_h, grid_w = max(height, tile), max(width, tile)
+    stride = tile - overlap
+    rows, cols = (tile_starts(grid_h, tile, stride),
+                  tile_starts(grid_w, tile, stride))
+    row_windows = tile_weights(grid_h, rows, tile, overlap)
+    col_windows = tile_weights(grid_w, cols, tile, overlap)
+    positions = [(i, j, y, x) for i, y in enumerate(rows)
+                 for j, x in enumerate(cols)
+                 if run_tile is None or run_tile(y, x)]
+    tiles = _tile_probabilities(model, read_tile, positions, batch_size,
+                                progress)
+    pending = next(tiles, None)
+    num_classes = 1 if pending is None else pending[2].shape[0]
+    carried = None
+    for i, top in enumerate(rows):
+        done_to = rows[i + 1] if i + 1 < len(rows) else grid_h
+        blender = _TileRowBlender(top, done_to, tile, grid_w, carried,
+                                  num_classes)
+        rows_out = min(done_to, height) - top
+        while pending is not None and pending[0] == i:
+            _, j, prob = pending
+            weight = row_windows[i][:, None] * col_windows[j][None, :]
+            for chunk in blender.add(cols[j], prob, weight):
+                yield from _finished_block(top, chunk, rows_out, width)
+            pending = next(tiles, None)
+        for chunk in blender.finish(grid_w):
+            yield from _finished_block(top, chunk, rows_out, width)
+        carried = blender.band
+
+
+def _finished_block(top: int, chunk: Tuple[int, Tensor, Tensor],
+                    rows_out: int, width: int) -> Iterator[ProbabilityBlock]:
+    """The part of a finished chunk inside the image, normalised by its
+    summed weights (nothing for a chunk wholly in the padding)."""
+    x, probs, weights = chunk
+    cols_out = min(x + probs.shape[2], width) - x
+    if rows_out <= 0 or cols_out <= 0:
+        return
+    probs, weights = (probs[:, :rows_out, :cols_out],
+                      weights[:rows_out, :cols_out])
+    covered = weights > 0
+    yield ProbabilityBlock(y=top, x=x,
+                           probs=probs / torch.where(covered, weights, 1.0),
+                           covered=covered)
+
+
+def array_tile_reader(image: np.ndarray, tile: int,
+                      pad_value: int = 255) -> TileReader:
+    """A :data:`TileReader` over an in-memory (H, W, 3) uint8 image, padded
+    with ``pad_value`` at the bottom / right where a tile passes it."""
+    def read(y: int, x: int) -> np.ndarray:
+        crop = image[y:y + tile, x:x + tile]
+        if crop.shape[:2] == (tile, tile):
+            return crop
+        return np.pad(crop, ((0, tile - crop.shape[0]),
+                             (0, tile - crop.shape[1]), (0, 0)),
+                      constant_values=pad_value)
+
+    return read
+
+
 @torch.no_grad()
 def infer_region(model: nn.Module,
                  image: np.ndarray,
@@ -149,7 +364,13 @@ def infer_region(model: nn.Module,
                  progress: bool = False,
                  stain_normalizer: Optional[MacenkoNormalizer] = None
                  ) -> Tensor:
-    """Class probabilities of a large image, tile by tile.
+    """Class probabilities of a large image in memory, tile by tile.
+
+    :func:`stream_probabilities` over the image, gathered on a canvas
+    (``N * H * W * 4`` bytes in float32, half in float16; e.g. 64 MiB for
+    4 classes at 2048 x 2048). Whole slides go through
+    :mod:`protoprompt_mm.apis.slide_inference` instead, which keeps no
+    canvas.
 
     Args:
         model: An mmseg segmentor in eval mode (``data_preprocessor`` and
@@ -176,54 +397,20 @@ def infer_region(model: nn.Module,
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError('infer_region: image must be uint8 (H, W, 3), got '
                          f'{image.dtype} {image.shape}')
-    if not 0 <= overlap < tile:
-        raise ValueError(f'infer_region: need 0 <= overlap < tile, got '
-                         f'overlap={overlap}, tile={tile}')
-    if batch_size < 1:
-        raise ValueError(f'infer_region: batch_size must be >= 1, got '
-                         f'{batch_size}')
     if canvas_dtype not in CANVAS_DTYPES.values():
         raise ValueError(f'infer_region: canvas_dtype must be one of '
                          f'{list(CANVAS_DTYPES.values())}, got {canvas_dtype}')
     if stain_normalizer is not None:
         image = apply_to_bgr(stain_normalizer.normalize, image)
     height, width = image.shape[:2]
-    padded = np.pad(
-        image, ((0, max(tile - height, 0)), (0, max(tile - width, 0)), (0, 0)),
-        constant_values=pad_value)
-    stride = tile - overlap
-    rows = tile_starts(padded.shape[0], tile, stride)
-    cols = tile_starts(padded.shape[1], tile, stride)
-    row_windows = tile_weights(padded.shape[0], rows, tile, overlap)
-    col_windows = tile_weights(padded.shape[1], cols, tile, overlap)
-    positions = [(i, j) for i in range(len(rows)) for j in range(len(cols))]
-
     canvas = None
-    bar = ProgressBar(len(positions)) if progress else None
-    for first in range(0, len(positions), batch_size):
-        chunk = positions[first:first + batch_size]
-        tiles = [
-            torch.from_numpy(padded[rows[i]:rows[i] + tile,
-                                    cols[j]:cols[j] + tile]).permute(2, 0, 1)
-            for i, j in chunk
-        ]
-        probs = _tile_logits(model, tiles).float().softmax(dim=1).cpu()
+    for block in stream_probabilities(
+            model, array_tile_reader(image, tile, pad_value), height, width,
+            tile, overlap, batch_size, progress=progress):
         if canvas is None:
-            canvas = torch.zeros((probs.shape[1], height, width),
+            canvas = torch.zeros((block.probs.shape[0], height, width),
                                  dtype=canvas_dtype)
-        for prob, (i, j) in zip(probs, chunk):
-            y, x = rows[i], cols[j]
-            h, w = min(tile, height - y), min(tile, width - x)
-            weight = row_windows[i][:h, None] * col_windows[j][None, :w]
-            canvas[:, y:y + h, x:x + w] += (prob[:, :h, :w] * weight).to(
-                canvas_dtype)
-        if bar is not None:
-            bar.update(len(chunk))
-    row_sums = summed_weights(padded.shape[0], rows, tile,
-                              row_windows)[:height]
-    col_sums = summed_weights(padded.shape[1], cols, tile,
-                              col_windows)[:width]
-    for y in range(0, height, tile):
-        band = row_sums[y:y + tile, None] * col_sums[None]
-        canvas[:, y:y + tile].div_(band.to(canvas_dtype))
+        h, w = block.probs.shape[1:]
+        canvas[:, block.y:block.y + h, block.x:block.x + w] = \
+            block.probs.to(canvas_dtype)
     return canvas
