@@ -243,12 +243,45 @@ class MacenkoNormalizer:
         """
         check_image(rgb, 'MacenkoNormalizer')
         try:
-            matrix, maxima = macenko_stains(rgb, self.beta, self.alpha)
+            remix = self.fit(rgb)
         except ValueError:  # too little tissue
             return rgb.copy()
-        unmix = (np.linalg.pinv(matrix) * (self.max_concentrations /
-                                          maxima)).astype(np.float32)
-        remix = (unmix @ self.stain_matrix).astype(np.float32)
+        return self.apply(rgb, remix)
+
+    def fit(self, rgb: np.ndarray, where: str = 'MacenkoNormalizer'
+            ) -> np.ndarray:
+        """The OD transform taking the stains of ``rgb`` to the target's.
+
+        Fit once on a sample of a slide and :meth:`apply` it to every tile,
+        so all tiles of the slide get the same colour mapping.
+
+        Args:
+            rgb: RGB source image or pooled pixels (H, W, 3).
+            where: Name of the source in the error message.
+
+        Returns:
+            np.ndarray: float32 (3, 3): source OD -> normalised OD.
+
+        Raises:
+            ValueError: If ``rgb`` has too little tissue for a fit.
+        """
+        matrix, maxima = macenko_stains(rgb, self.beta, self.alpha,
+                                        where=where)
+        unmix = np.linalg.pinv(matrix) * (self.max_concentrations / maxima)
+        return (unmix @ self.stain_matrix).astype(np.float32)
+
+    def apply(self, rgb: np.ndarray, remix: np.ndarray) -> np.ndarray:
+        """``rgb`` re-rendered through an OD transform from :meth:`fit`.
+
+        Args:
+            rgb: RGB image (H, W, 3), uint8 or float in [0, 255].
+            remix: (3, 3) transform.
+
+        Returns:
+            np.ndarray: The image in the dtype of ``rgb`` (uint8 rounded,
+            else float32), ``band`` rows at a time.
+        """
+        check_image(rgb, 'MacenkoNormalizer')
         out = np.empty(rgb.shape, np.uint8 if rgb.dtype == np.uint8 else
                        np.float32)
         for y in range(0, rgb.shape[0], self.band):
