@@ -1,7 +1,6 @@
 """CPU mixed precision: --amp falls back to fp32, bf16 autocast works, the
 finite-loss check leaves fp16 gradient overflows to GradScaler."""
 import copy
-import importlib.util
 import os
 import os.path as osp
 import subprocess
@@ -18,6 +17,7 @@ from protoprompt_mm.datasets.synthetic_histo import generate_synthetic_histo
 from protoprompt_mm.engine.amp import configure_amp
 from protoprompt_mm.engine.optim_wrappers import (FiniteLossAmpOptimWrapper,
                                                   NonFiniteLossError)
+from tool_loading import load_tool
 from test_segmentor import make_batch, tiny_model_cfg
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -262,10 +262,7 @@ def test_configure_amp_trains_in_fp32_without_a_gpu(monkeypatch):
 
 
 def test_train_py_amp_choices(monkeypatch):
-    spec = importlib.util.spec_from_file_location(
-        'train_tool', osp.join(REPO, 'tools', 'train.py'))
-    train_tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_tool)
+    train_tool = load_tool('train')
     for argv, amp in [([], None), (['--amp'], 'default'),
                       (['--amp', 'bf16'], 'bf16'), (['--amp', 'fp16'],
                                                     'fp16')]:

@@ -1,5 +1,4 @@
 """tools/benchmark.py runs and reports; no timing is asserted."""
-import importlib.util
 import json
 import os.path as osp
 
@@ -8,6 +7,7 @@ import torch
 from mmengine.logging import MMLogger
 
 from protoprompt_mm.engine import amp
+from tool_loading import load_tool
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG = 'configs/protoprompt/protoprompt_r18_synthetic.py'
@@ -19,11 +19,7 @@ STAGE1_AMP = 'configs/protoprompt/stage1_protocam_mit-b1_bcss-wsss.py'
 
 @pytest.fixture(scope='module')
 def bench():
-    spec = importlib.util.spec_from_file_location(
-        'benchmark_tool', osp.join(REPO, 'tools/benchmark.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('benchmark')
 
 
 def test_synthetic_batch_has_blocky_labels_with_ignore(bench):

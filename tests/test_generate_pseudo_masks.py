@@ -2,7 +2,6 @@
 tools/visualize.py, and stage 1 -> pseudo masks -> stage 2 through the real
 command-line tools."""
 import glob
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -26,6 +25,7 @@ from protoprompt_mm.datasets import parse_image_labels
 from protoprompt_mm.datasets.synthetic_histo import (generate_synthetic_histo,
                                                      save_palette_mask)
 from protoprompt_mm.utils import load_config
+from tool_loading import load_tool
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 STAGE1 = osp.join(REPO_ROOT, 'configs', 'protoprompt',
@@ -42,14 +42,6 @@ TINY = {
     'model.backbone.base_channels': 8,
     'model.decode_head.in_channels': [32, 64],
 }
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(
-        name, osp.join(REPO_ROOT, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope='module')

@@ -1,5 +1,4 @@
 """Tiled large-image inference (protoprompt_mm.apis, infer_region.py)."""
-import importlib.util
 import os.path as osp
 
 import numpy as np
@@ -16,6 +15,7 @@ from protoprompt_mm.apis import (background_mask, infer_region,
                                  init_segmentor, label_map, tile_starts)
 from protoprompt_mm.datasets import BCSSWSSSDataset
 from protoprompt_mm.utils import load_config
+from tool_loading import load_tool
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 STAGE2_CFG = osp.join(REPO, 'configs/protoprompt/protoprompt_r18_synthetic.py')
@@ -29,14 +29,6 @@ PREPROCESSOR = dict(
     mean=[123.675, 116.28, 103.53],
     std=[58.395, 57.12, 57.375],
     bgr_to_rgb=True)
-
-
-def load_tool():
-    spec = importlib.util.spec_from_file_location(
-        'infer_region_tool', osp.join(REPO, 'tools/infer_region.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope='module')
@@ -167,7 +159,7 @@ def test_infer_region_tool_writes_mask_and_overlay(tiny_model_files,
     image_path = tmp_path / 'region.png'
     Image.fromarray(image[..., ::-1]).save(image_path)  # stored as RGB
     out_mask, out_overlay = tmp_path / 'mask.png', tmp_path / 'overlay.png'
-    load_tool().main([
+    load_tool('infer_region').main([
         config, checkpoint, str(image_path), '--out-mask', str(out_mask),
         '--out-overlay', str(out_overlay), '--tile', '64', '--overlap', '16',
         '--batch', '4', '--background-thresh', '220'

@@ -1,5 +1,4 @@
 """Tests of the prototype-bank builder, PrototypeInitHook and its tool."""
-import importlib.util
 import os.path as osp
 
 import mmcv
@@ -16,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from protoprompt_mm.engine.prototype_bank_builder import (
     build_image_bank_dataloader, build_prototype_bank, build_prototype_record)
+from tool_loading import load_tool
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 NUM_CLASSES, K, D = 4, 2, 8
@@ -300,11 +300,7 @@ def test_tool_writes_file_loadable_by_prototype_bank(data_root, tmp_path):
     torch.save(dict(state_dict=model.state_dict()), ckpt)
     out = str(tmp_path / 'out' / 'protos.pth')
 
-    spec = importlib.util.spec_from_file_location(
-        'build_prototype_bank', osp.join(REPO_ROOT, 'tools',
-                                         'build_prototype_bank.py'))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool('build_prototype_bank')
     tool.main([str(cfg_file), ckpt, '--out', out, '--device', 'cpu',
                '--num-iters', '5'])
 

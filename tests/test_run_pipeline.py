@@ -1,5 +1,4 @@
 """tools/run_pipeline.py end to end on a tiny synthetic dataset."""
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -7,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from tool_loading import load_tool
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 LOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
@@ -32,14 +32,6 @@ def run_pipeline(data_root, work_dir, *extra):
 
 S1_PROTO = 'seed0_stage1_protocam_r18_synthetic'
 S1_CAM = 'seed0_stage1_cam_r18_synthetic'
-
-
-def load_run_pipeline():
-    spec = importlib.util.spec_from_file_location(
-        'run_pipeline', osp.join(REPO_ROOT, 'tools', 'run_pipeline.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def reused_steps(stdout):
@@ -244,7 +236,7 @@ def test_ablation_preset_embeds_prototypes_with_the_cam_stage1(
 
 
 def test_aggregate_means_and_sample_stds_over_seeds():
-    pipeline = load_run_pipeline()
+    pipeline = load_tool('run_pipeline')
     classes = ['A', 'B']
 
     def scores(miou, iou_b, pseudo=0.5):
@@ -309,7 +301,7 @@ def test_aggregate_means_and_sample_stds_over_seeds():
 
 
 def test_stain_table_gives_each_condition_and_the_worst_change():
-    pipeline = load_run_pipeline()
+    pipeline = load_tool('run_pipeline')
 
     def run(clean, darker, norm_darker=None):
         scores = dict(stain_shift_miou=dict(clean=clean, darker=darker),
@@ -341,7 +333,7 @@ def test_stain_table_gives_each_condition_and_the_worst_change():
 
 
 def test_every_preset_names_existing_configs():
-    module = load_run_pipeline()
+    module = load_tool('run_pipeline')
     assert {'bcss-wsss-pbip', 'luad-histoseg-pbip'} <= set(module.PRESETS)
     for name, preset in module.PRESETS.items():
         for variant in preset.variants.values():

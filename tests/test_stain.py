@@ -23,8 +23,9 @@ from protoprompt_mm.datasets.transforms import (FixedStainShift,
                                                 MacenkoStainNormalize,
                                                 RandomHEDJitter)
 from protoprompt_mm.engine.hooks import StainTargetHook
+from tool_loading import load_tool
 from test_infer_region import (  # noqa: F401  (the fixture tiny_model_files)
-    PerPixelModel, load_tool, random_image, tiny_model_files)
+    PerPixelModel, random_image, tiny_model_files)
 from test_manifest_training import CLASSES, make_patches
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -263,13 +264,13 @@ def test_infer_region_with_stain_normalisation(tiny_model_files, tmp_path):
     args = [config, checkpoint, str(image_path), '--out-mask', str(out_mask),
             '--out-overlay', str(tmp_path / 'overlay.png'), '--tile', '64',
             '--overlap', '16']
-    load_tool().main([*args, '--stain-norm', path])
+    load_tool('infer_region').main([*args, '--stain-norm', path])
     expected = infer_region(init_segmentor(config, checkpoint), normalised,
                             tile=64, overlap=16).argmax(0).numpy()
     assert np.array_equal(np.asarray(Image.open(out_mask)), expected)
     with pytest.raises(FileNotFoundError, match='nothing.png'):
-        load_tool().main([*args, '--stain-norm', str(tmp_path /
-                                                      'nothing.png')])
+        load_tool('infer_region').main(
+            [*args, '--stain-norm', str(tmp_path / 'nothing.png')])
 
 
 def write_stained_images(folder, count, matrix, size=(48, 48)):

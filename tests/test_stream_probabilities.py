@@ -1,7 +1,6 @@
 """The streaming tile blender behind region and slide inference: equal to a
 direct whole-canvas blend (with tiles skipped too), finished rows handed out
 before the later tiles are read, blocks that tile the image once."""
-import numpy as np
 import pytest
 import torch
 
