@@ -3,23 +3,41 @@
 Nothing here registers a component, so the package is imported explicitly:
 ``from protoprompt_mm.apis import generate_pseudo_masks, init_segmentor``.
 """
+from .geojson_export import (label_polygons, qupath_feature_collection,
+                             write_geojson)
+from .mask_tiff_writer import write_pyramidal_mask
 from .model_loading import config_dataset_meta, init_segmentor
 from .pseudo_masks import (METRICS_FILE, PseudoMaskScorer,
                            build_label_dataset, gating_mode,
                            generate_pseudo_masks, pseudo_label_params,
                            pseudo_mask_of)
-from .region_inference import (CANVAS_DTYPES, background_mask, infer_region,
-                               label_map, tile_starts)
+from .region_inference import (CANVAS_DTYPES, ProbabilityBlock,
+                               array_tile_reader, background_mask,
+                               infer_region, label_map,
+                               stream_probabilities, tile_grid, tile_starts)
+from .slide_inference import (infer_slide, infer_slides, is_finished,
+                              output_paths, slides_in)
+from .slide_overlay import blend_overlay
+from .slide_reader import (ArrayReader, ImageReader, OpenSlideReader,
+                           ResampledSlide, SlideReader, open_slide)
 from .stain_shift import (stain_shift_table, stain_shift_test,
                           with_stain_normalization, with_stain_shift,
                           write_stain_shift_report)
+from .tissue_detection import (detect_tissue, tile_has_tissue,
+                               tissue_fraction_of_boxes, upsample_tissue)
 
 __all__ = [
-    'CANVAS_DTYPES', 'METRICS_FILE', 'PseudoMaskScorer', 'background_mask',
-    'build_label_dataset', 'config_dataset_meta', 'gating_mode',
-    'generate_pseudo_masks', 'infer_region', 'init_segmentor', 'label_map',
-    'pseudo_label_params', 'pseudo_mask_of', 'stain_shift_table',
-    'stain_shift_test', 'tile_starts', 'with_stain_normalization',
-    'with_stain_shift',
+    'ArrayReader', 'CANVAS_DTYPES', 'ImageReader', 'METRICS_FILE',
+    'OpenSlideReader', 'ProbabilityBlock', 'PseudoMaskScorer',
+    'ResampledSlide', 'SlideReader', 'array_tile_reader', 'background_mask',
+    'blend_overlay', 'build_label_dataset', 'config_dataset_meta',
+    'detect_tissue', 'gating_mode', 'generate_pseudo_masks', 'infer_region',
+    'infer_slide', 'infer_slides', 'init_segmentor', 'is_finished',
+    'label_map', 'label_polygons', 'open_slide', 'output_paths',
+    'pseudo_label_params', 'pseudo_mask_of', 'qupath_feature_collection',
+    'slides_in', 'stain_shift_table', 'stain_shift_test',
+    'stream_probabilities', 'tile_grid', 'tile_has_tissue', 'tile_starts',
+    'tissue_fraction_of_boxes', 'upsample_tissue', 'with_stain_normalization',
+    'with_stain_shift', 'write_geojson', 'write_pyramidal_mask',
     'write_stain_shift_report'
 ]

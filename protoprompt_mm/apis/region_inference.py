@@ -62,6 +62,15 @@ def tile_starts(length: int, tile: int, stride: int) -> List[int]:
     return [min(i * stride, length - tile) for i in range(num)]
 
 
+def tile_grid(height: int, width: int, tile: int,
+              overlap: int) -> Tuple[List[int], List[int]]:
+    """Top rows and left columns of the tiles of an image (a side smaller
+    than a tile has one tile, read padded)."""
+    stride = tile - overlap
+    return (tile_starts(max(height, tile), tile, stride),
+            tile_starts(max(width, tile), tile, stride))
+
+
 def tile_weights(length: int, starts: Sequence[int], tile: int,
                  overlap: int) -> List[Tensor]:
     """One-axis cross-fade window of every tile.
@@ -293,9 +302,7 @@ def stream_probabilities(model: nn.Module,
         raise ValueError(f'stream_probabilities: batch_size must be >= 1, '
                          f'got {batch_size}')
     grid_h, grid_w = max(height, tile), max(width, tile)
-    stride = tile - overlap
-    rows, cols = (tile_starts(grid_h, tile, stride),
-                  tile_starts(grid_w, tile, stride))
+    rows, cols = tile_grid(height, width, tile, overlap)
     row_windows = tile_weights(grid_h, rows, tile, overlap)
     col_windows = tile_weights(grid_w, cols, tile, overlap)
     positions = [(i, j, y, x) for i, y in enumerate(rows)

@@ -21,6 +21,9 @@ data_root = 'data/BCSS-WSSS'
 # The class-aware transforms (LoadImageLevelLabels, LoadHistoAnnotations)
 # take num_classes and background_index from the dataset's metainfo classes.
 crop_size = (224, 224)
+# µm per pixel of the training patches (BCSS-WSSS: 0.25, scanned at 40x):
+# whole slides are read at this resolution (tools/infer_slide.py).
+train_mpp = 0.25
 seg_meta_keys = ('img_path', 'seg_map_path', 'ori_shape', 'img_shape',
                  'pad_shape', 'scale_factor', 'flip', 'flip_direction',
                  'reduce_zero_label', 'img_labels')

@@ -6,6 +6,9 @@ _base_ = './bcss_wsss.py'
 
 dataset_type = 'LUADHistoSegDataset'
 data_root = 'data/LUAD-HistoSeg'
+# The dataset states no µm per pixel; set it here (or pass --model-mpp to
+# tools/infer_slide.py) before segmenting whole slides.
+train_mpp = None
 train_dataloader = dict(dataset=dict(type=dataset_type, data_root=data_root))
 train_dataloader_pseudo = dict(
     dataset=dict(type=dataset_type, data_root=data_root))

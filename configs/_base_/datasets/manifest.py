@@ -24,6 +24,9 @@ _base_ = './bcss_wsss.py'
 
 dataset_type = 'HistoManifestDataset'
 data_root = 'data/my_patches'
+# µm per pixel of your patches, for whole-slide inference (tools/
+# infer_slide.py reads slides at this resolution); None until you set it.
+train_mpp = None
 mask_pattern = 'masks/{stem}.png'
 train_dataloader = dict(
     dataset=dict(
