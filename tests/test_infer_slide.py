@@ -19,8 +19,9 @@ from shapely.geometry import shape
 from protoprompt_mm.apis import (infer_region, infer_slide, init_segmentor,
                                  is_finished, output_paths, tile_grid)
 from protoprompt_mm.datasets.synthetic_histo import render_patch
+from protoprompt_mm.datasets.synthetic_slide import (synthetic_slide,
+                                                     write_pyramidal_tiff)
 from tool_loading import load_tool
-from slide_fixtures import synthetic_slide, write_pyramidal_tiff
 from test_infer_region import (  # noqa: F401  (the fixture tiny_model_files)
     PerPixelModel, tiny_model_files)
 

@@ -3,11 +3,13 @@ import cv2
 import numpy as np
 import pytest
 import tifffile
-from slide_fixtures import synthetic_slide, write_pyramidal_tiff
 
+from protoprompt_mm.apis import slide_reader
 from protoprompt_mm.apis.slide_reader import (ArrayReader, ImageReader,
                                               OpenSlideReader, ResampledSlide,
                                               open_slide)
+from protoprompt_mm.datasets.synthetic_slide import (synthetic_slide,
+                                                     write_pyramidal_tiff)
 
 WIDTH, HEIGHT, MPP = 1200, 960, 0.25
 
@@ -158,6 +160,26 @@ def test_thumbnail_reads_the_smallest_suitable_level(pyramid):
     np.testing.assert_array_equal(
         smaller, cv2.resize(level2, (150, 120), interpolation=cv2.INTER_AREA))
     assert whole.shape == (HEIGHT, WIDTH, 3)
+
+
+def test_thumbnail_reads_a_large_level_in_bands(pyramid, monkeypatch):
+    """A few level rows at a time: the same picture (band borders fall on
+    thumbnail rows), read without holding the level."""
+    with open_slide(pyramid) as reader:
+        whole = reader.thumbnail(150)
+        monkeypatch.setattr(slide_reader, 'THUMBNAIL_BAND_PIXELS', 300 * 7)
+        reads = []
+        read_region = reader.read_region
+
+        def counted(*args):
+            reads.append(args)
+            return read_region(*args)
+
+        monkeypatch.setattr(reader, 'read_region', counted)
+        banded = reader.thumbnail(150)
+    assert len(reads) > 10 and max(args[-1] for args in reads) <= 7
+    assert banded.shape == whole.shape
+    assert np.abs(banded.astype(int) - whole).mean() < 1.0
 
 
 def test_image_reader_png(tmp_path):

@@ -2,13 +2,13 @@
 import cv2
 import numpy as np
 import pytest
-from slide_fixtures import synthetic_slide
 
 from protoprompt_mm.apis.slide_reader import ArrayReader
 from protoprompt_mm.apis.tissue_detection import (detect_tissue,
                                                   tile_has_tissue,
                                                   tissue_fraction_of_boxes,
                                                   upsample_tissue)
+from protoprompt_mm.datasets.synthetic_slide import synthetic_slide
 
 
 def glass(height, width, seed=0):

@@ -38,6 +38,8 @@ MAX_MPP_ANISOTROPY = 0.01
 # Micrometres per TIFF resolution unit (ResolutionUnit 2: inch, 3: cm).
 _MICRONS_PER_TIFF_UNIT = {2: 25400.0, 3: 10000.0}
 _TIFF_SUFFIXES = ('.tif', '.tiff')
+# Level pixels a thumbnail reads at a time (48 MiB of RGB).
+THUMBNAIL_BAND_PIXELS = 16 * 1024 * 1024
 
 
 def square_pixel_mpp(path: str, mpp_x: Optional[float],
@@ -157,10 +159,13 @@ class SlideReader(metaclass=ABCMeta):
     def thumbnail(self, max_side: int) -> np.ndarray:
         """The whole slide, its longest side at most ``max_side``.
 
-        Reads the whole of the smallest level at least as large as the
-        thumbnail (see :func:`level_for_scale`) and shrinks it with
-        ``cv2.INTER_AREA``; a slide smaller than ``max_side`` comes back
-        at level-0 size.
+        Reads the smallest level at least as large as the thumbnail (see
+        :func:`level_for_scale`) in bands of at most
+        :data:`THUMBNAIL_BAND_PIXELS` pixels and shrinks each with
+        ``cv2.INTER_AREA`` (a band's rows map to whole thumbnail rows, to a
+        level pixel), so memory stays bounded on a pyramid whose smallest
+        level is large; a slide smaller than ``max_side`` comes back at
+        level-0 size.
 
         Args:
             max_side: Longest side of the thumbnail, >= 1.
@@ -176,10 +181,23 @@ class SlideReader(metaclass=ABCMeta):
         scale = max(max(width, height) / max_side, 1.0)
         size = (max(1, round(width / scale)), max(1, round(height / scale)))
         level = level_for_scale(self.level_downsamples, scale)
-        image = self.read_region(0, 0, level, *self.level_dimensions[level])
-        if image.shape[1::-1] == size:
-            return image
-        return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        level_width, level_height = self.level_dimensions[level]
+        down = self.level_downsamples[level]
+        rows_per_level_row = size[1] / level_height
+        band = max(1, math.floor(
+            THUMBNAIL_BAND_PIXELS // level_width * rows_per_level_row))
+        out = np.empty((size[1], size[0], 3), np.uint8)
+        for top in range(0, size[1], band):
+            bottom = min(top + band, size[1])
+            first = round(top / rows_per_level_row)
+            last = max(round(bottom / rows_per_level_row), first + 1)
+            rows = self.read_region(0, round(first * down), level,
+                                    level_width, last - first)
+            out[top:bottom] = rows if rows.shape[1::-1] == (
+                size[0], bottom - top) else cv2.resize(
+                    rows, (size[0], bottom - top),
+                    interpolation=cv2.INTER_AREA)
+        return out
 
     def close(self) -> None:
         """Release the file; the reader is unusable afterwards."""

@@ -1,4 +1,4 @@
-"""Synthetic whole slides for the slide tests (a module, not a test file).
+"""Synthetic whole slides, for tests, benchmarks and trying the slide tools.
 
 :func:`synthetic_slide` draws white glass with a few tissue blobs made of
 the synthetic H&E textures; :func:`write_pyramidal_tiff` stores an image
@@ -11,9 +11,10 @@ import cv2
 import numpy as np
 import tifffile
 
-from protoprompt_mm.apis.tissue_detection import Box
-from protoprompt_mm.datasets.synthetic_histo import (BACKGROUND_INDEX,
-                                                     render_patch)
+from .synthetic_histo import BACKGROUND_INDEX, render_patch
+
+# (x, y, width, height) of a box, in pixels.
+Box = Tuple[int, int, int, int]
 
 _TEXTURE_SIZE = 256
 
