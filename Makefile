@@ -48,8 +48,8 @@ ablation-hard: venv
 		--work-dir work_dirs/ablation_hard
 
 # Stain robustness (3 seeds, the ablation's data): the full variant trained
-# without stain augmentation, with HED-light (the bases' default) and with
-# HED-strong jitter, each tested on the test split re-stained in HED space
+# without stain augmentation, with HED-light (the bases' default), with
+# HED-strong and with a scale-only HED jitter, each tested on the test split re-stained in HED space
 # (paler, darker, H-heavy, E-heavy), without and with Macenko normalisation
 # towards the stain its checkpoint carries; resumable like the ablation.
 stain-robustness: venv

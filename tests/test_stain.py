@@ -210,6 +210,8 @@ def test_stain_augmentation_is_on_in_every_dataset_base(base):
     ('protoprompt-no-stain-aug', 'protoprompt', None),
     ('stage1_protocam-hed-strong', 'stage1_protocam', 0.2),
     ('protoprompt-hed-strong', 'protoprompt', 0.2),
+    ('stage1_protocam-hed-scale', 'stage1_protocam', (0.3, 0.01)),
+    ('protoprompt-hed-scale', 'protoprompt', (0.3, 0.01)),
 ])
 def test_stain_ablation_configs_change_only_the_jitter(ablation, parent,
                                                        jitter):
@@ -221,7 +223,9 @@ def test_stain_ablation_configs_change_only_the_jitter(ablation, parent,
         name.format(parent))).train_dataloader.dataset.pipeline
     jitters = [(step['scale_sigma'], step['shift_sigma'])
                for step in pipeline if step['type'] == 'RandomHEDJitter']
-    assert jitters == ([] if jitter is None else [(jitter, jitter)])
+    if isinstance(jitter, float):
+        jitter = (jitter, jitter)
+    assert jitters == ([] if jitter is None else [jitter])
     assert [step for step in pipeline
             if step['type'] != 'RandomHEDJitter'] == [
                 step for step in parent_pipeline

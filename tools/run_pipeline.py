@@ -112,6 +112,7 @@ def _stain_ablations(dataset: str) -> Dict[str, Variant]:
         'no_stain_aug': pair('no-stain-aug'),
         'hed_light': _ablations(dataset)['full'],
         'hed_strong': pair('hed-strong'),
+        'hed_scale': pair('hed-scale'),
     }
 
 
@@ -158,8 +159,8 @@ PRESETS = {
         synthetic=True,
         prototype_encoders=_prototype_encoders('synthetic')),
     # make stain-robustness: the full variant without stain augmentation,
-    # with the bases' HED-light jitter and with HED-strong; prototypes
-    # embedded as in the demo.
+    # with the bases' HED-light jitter, with HED-strong and with a
+    # scale-only jitter; prototypes embedded as in the demo.
     'stain': Preset(
         variants=_stain_ablations('synthetic'),
         default_variants=list(_stain_ablations('synthetic')),
