@@ -4,7 +4,7 @@
         --out-mask MASK.png --out-overlay OVERLAY.png \
         [--tile 224] [--overlap 32] [--batch 8] [--device cpu] \
         [--canvas-dtype float32|float16] [--background-thresh 220] \
-        [--alpha 0.5] [--stain-norm REFERENCE_IMAGE] [--cfg-options ...]
+        [--alpha 0.5] [--stain-norm REFERENCE] [--cfg-options ...]
 
 Overlapping tiles are blended by averaging their softmax on a CPU canvas
 (see :mod:`protoprompt_mm.apis.region_inference`; memory is the image plus
@@ -16,8 +16,9 @@ plus one batch of tiles). Outputs:
   glass) get index ``N`` (background, white), as in the pseudo masks;
 * ``--out-overlay``: the image with the class colours blended over it.
 
-``--stain-norm`` first normalises the image's stains towards those of a
-reference image (Macenko; e.g. a training patch of typical colour).
+``--stain-norm`` first normalises the image's stains (Macenko) towards a
+reference image (e.g. a training patch of typical colour) or towards the
+stain target a checkpoint carries (that of its training images).
 
 Colours: the checkpoint's ``meta['dataset_meta']`` palette, else that of the
 config's test dataset.
@@ -65,8 +66,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         '--alpha', type=float, default=0.5, help='opacity of the colours')
     parser.add_argument(
         '--stain-norm',
-        metavar='REFERENCE_IMAGE',
-        help='Macenko stain normalisation towards this image first')
+        metavar='REFERENCE',
+        help='Macenko stain normalisation first, towards a reference image '
+        'or the stain target a checkpoint carries')
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction,
         help='override config keys')
