@@ -178,6 +178,33 @@ def _dump_json(path: str, data: dict) -> None:
         json.dump(data, f, indent=2)
 
 
+def tissue_tile_positions(tissue: np.ndarray, width: int, height: int,
+                          tile: int, overlap: int
+                          ) -> Tuple[List[Tuple[int, int]], int]:
+    """The tiles of a slide's grid that :func:`infer_slide` runs.
+
+    Args:
+        tissue: Bool (h, w) tissue mask of the slide's thumbnail
+            (:func:`~.tissue_detection.detect_tissue`).
+        width: Slide width at the inference resolution, in pixels.
+        height: Slide height at the inference resolution, in pixels.
+        tile: Tile side, in pixels.
+        overlap: Pixels shared by neighbouring tiles.
+
+    Returns:
+        tuple: ``(y, x)`` top-left corners of the tiles that overlap
+        tissue, in scan order, and the number of tiles of the whole grid
+        (:func:`~.region_inference.tile_grid`).
+    """
+    rows, cols = tile_grid(height, width, tile, overlap)
+    boxes = np.array([(x, y, tile, tile) for y in rows for x in cols])
+    runs = tissue_fraction_of_boxes(tissue, boxes, width / tissue.shape[1],
+                                    height / tissue.shape[0]) > 0
+    positions = [(int(y), int(x)) for (x, y, _, _), run in
+                 zip(boxes, runs) if run]
+    return positions, len(boxes)
+
+
 def _segment(model: nn.Module, reader: SlideReader, paths: Dict[str, str],
              meta: dict, model_mpp: float, tile: int, overlap: int,
              batch_size: int, normalizer: Optional[MacenkoNormalizer],
@@ -189,13 +216,8 @@ def _segment(model: nn.Module, reader: SlideReader, paths: Dict[str, str],
     width, height = view.dimensions
     thumbnail = reader.thumbnail(thumbnail_side)
     tissue = detect_tissue(thumbnail)
-    scale_x = width / tissue.shape[1]
-    scale_y = height / tissue.shape[0]
-    rows, cols = tile_grid(height, width, tile, overlap)
-    boxes = np.array([(x, y, tile, tile) for y in rows for x in cols])
-    runs = tissue_fraction_of_boxes(tissue, boxes, scale_x, scale_y) > 0
-    tissue_tiles = [(int(y), int(x)) for (x, y, _, _), run in
-                    zip(boxes, runs) if run]
+    tissue_tiles, num_tiles = tissue_tile_positions(tissue, width, height,
+                                                    tile, overlap)
     run_set = set(tissue_tiles)
     remix = None
     if normalizer is not None:
@@ -266,7 +288,7 @@ def _segment(model: nn.Module, reader: SlideReader, paths: Dict[str, str],
         tile=tile,
         overlap=overlap,
         tiles_segmented=len(tissue_tiles),
-        tiles_skipped=len(boxes) - len(tissue_tiles),
+        tiles_skipped=num_tiles - len(tissue_tiles),
         tissue_area_mm2=sum(class_areas.values()),
         class_area_mm2=class_areas,
         stain_normalized=normalizer is not None,
