@@ -144,8 +144,8 @@ def test_pbip_stage1_settings(path):
     assert cfg.train_dataloader.batch_size == 10
     assert cfg.train_dataloader.sampler.type == 'DefaultSampler'
     assert [step.type for step in cfg.train_dataloader.dataset.pipeline] == [
-        'LoadImageFromFile', 'LoadImageLevelLabels', 'RandomFlip',
-        'RandomFlip', 'RandomRotate90', 'PackSegInputs'
+        'LoadImageFromFile', 'LoadImageLevelLabels', 'RandomHEDJitter',
+        'RandomFlip', 'RandomFlip', 'RandomRotate90', 'PackSegInputs'
     ]
     assert cfg.optim_wrapper.type.endswith('AmpOptimWrapper')
     assert cfg.optim_wrapper.dtype == 'float16'

@@ -148,7 +148,8 @@ def test_rerun_reuses_finished_steps(pipeline_run):
     data_root, work_dir, _ = pipeline_run
     proc = run_pipeline(data_root, work_dir, '--variants', 'full', 'cam')
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count('reusing') == 12  # every step but `data`
+    # Every step but `data` (each variant's stain shift included).
+    assert proc.stdout.count('reusing') == 14
     assert 'train.py' not in proc.stdout.replace('reusing', '')
 
 
@@ -160,7 +161,7 @@ def test_variants_share_their_stage1(pipeline_run):
     # Its stage 1 is full's: trained once, reused; only its stage 2 runs.
     assert reused_steps(proc.stdout) == {
         f'{S1_PROTO}_train', f'{S1_PROTO}_test', f'{S1_PROTO}_pseudo_masks',
-        'seed0_full_train', 'seed0_full_test'
+        'seed0_full_train', 'seed0_full_test', 'seed0_full_stain_shift'
     }
     with open(work_dir / 'results.json') as f:
         variants = json.load(f)['variants']
@@ -231,7 +232,7 @@ def test_ablation_preset_embeds_prototypes_with_the_cam_stage1(
     # stage 1 (new command) and what follows re-run.
     assert reused_steps(proc.stdout) == {
         f'{S1_CAM}_train', f'{S1_CAM}_test', f'{S1_CAM}_pseudo_masks',
-        'seed0_cam_train', 'seed0_cam_test'
+        'seed0_cam_train', 'seed0_cam_test', 'seed0_cam_stain_shift'
     }
 
 
