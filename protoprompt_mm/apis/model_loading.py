@@ -47,12 +47,16 @@ def init_segmentor(config: Union[str, Config],
                    checkpoint: Optional[str] = None,
                    device: str = 'cpu',
                    cfg_options: Optional[dict] = None,
-                   strict: bool = True) -> nn.Module:
+                   strict: bool = True,
+                   init_weights: bool = True) -> nn.Module:
     """Build ``config``'s model, load a local checkpoint, eval mode.
 
     With ``checkpoint`` every weight comes from it; without,
     ``init_weights`` initialises the model (local pretrained paths and
-    ``init_prototypes`` of the config apply). Nothing is downloaded.
+    ``init_prototypes`` of the config apply), unless ``init_weights`` is
+    False: then the weights are the random ones of the model's constructors
+    (the benchmarks', whose figures do not depend on the values).
+    Nothing is downloaded.
     ``model.dataset_meta`` (``classes``, ``palette``) comes from the
     checkpoint's ``meta['dataset_meta']`` (written by mmengine's Runner),
     else from the config's test / val dataset, else is None; ``model.cfg``
@@ -64,6 +68,7 @@ def init_segmentor(config: Union[str, Config],
         device: Device of the model.
         cfg_options: ``--cfg-options`` style overrides.
         strict: Require the checkpoint's keys to match the model's.
+        init_weights: Without ``checkpoint``, run ``model.init_weights()``.
 
     Returns:
         nn.Module: The model on ``device`` in eval mode.
@@ -89,7 +94,8 @@ def init_segmentor(config: Union[str, Config],
     model = MODELS.build(cfg.model)
     meta = None
     if checkpoint is None:
-        model.init_weights()
+        if init_weights:
+            model.init_weights()
     else:
         ckpt = load_checkpoint(
             model, checkpoint, map_location='cpu', strict=strict)

@@ -34,18 +34,15 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from mmengine.registry import init_default_scope
-from mmseg.registry import MODELS
 from torch import nn
 
-from protoprompt_mm.apis import (config_dataset_meta, detect_tissue,
-                                 infer_slide, init_segmentor, open_slide)
+from protoprompt_mm.apis import (detect_tissue, infer_slide, init_segmentor,
+                                 open_slide)
 from protoprompt_mm.apis.region_inference import _tile_logits
 from protoprompt_mm.apis.slide_inference import tissue_tile_positions
 from protoprompt_mm.apis.slide_reader import ResampledSlide
 from protoprompt_mm.datasets.synthetic_slide import (synthetic_slide,
                                                      write_pyramidal_tiff)
-from protoprompt_mm.utils import load_config
 
 # Level-0 µm per pixel of the synthetic slides when the config has no
 # train_mpp.
@@ -74,13 +71,15 @@ def benchmark_model(config: str,
                     device: str = 'cpu') -> nn.Module:
     """The segmentor to benchmark, in eval mode on ``device``.
 
+    Built by :func:`~protoprompt_mm.apis.init_segmentor`, the one builder
+    of every caller.
+
     Args:
         config: Config file.
-        checkpoint: Its weights (see :func:`~protoprompt_mm.apis.
-            init_segmentor`); None: the random weights of the model's
-            constructors, seeded with 0 (``init_weights`` is skipped: it
-            could load pretrained files), and ``dataset_meta`` from the
-            config's dataset.
+        checkpoint: Its weights; None: the random weights of the model's
+            constructors, seeded with 0 (``init_weights=False``: it could
+            load pretrained files), and ``dataset_meta`` from the config's
+            dataset.
 
     Returns:
         nn.Module: The model, with ``dataset_meta`` and ``cfg``.
@@ -91,18 +90,12 @@ def benchmark_model(config: str,
     """
     if checkpoint is not None:
         return init_segmentor(config, checkpoint, device)
-    cfg = load_config(config)
-    if 'model' not in cfg:
-        raise KeyError(f'{config}: the config has no `model` key')
-    init_default_scope(cfg.get('default_scope', 'mmseg'))
     torch.manual_seed(0)
-    model = MODELS.build(cfg.model)
-    model.dataset_meta = config_dataset_meta(cfg)
+    model = init_segmentor(config, device=device, init_weights=False)
     if model.dataset_meta is None:
         raise KeyError(f'{config}: no test / val dataset with classes and '
                        'a palette, which the slide outputs need')
-    model.cfg = cfg
-    return model.to(device).eval()
+    return model
 
 
 @torch.no_grad()
