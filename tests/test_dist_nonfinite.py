@@ -18,10 +18,9 @@ from mmengine.runner import Runner
 from mmseg.registry import MODELS
 from torch.utils.data import Dataset
 
+from protoprompt_mm.apis import build_prototype_record
 from protoprompt_mm.engine.optim_wrappers import (FiniteLossOptimWrapper,
                                                   NonFiniteLossError)
-from protoprompt_mm.engine.prototype_bank_builder import \
-    build_prototype_record
 from protoprompt_mm.models.segmentors.finite_loss import FiniteLossMixin
 from protoprompt_mm.utils import load_config
 from test_amp_cpu import REPO

@@ -10,7 +10,7 @@ from mmengine.optim import OptimWrapper
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 
-from protoprompt_mm.engine.prototype_bank_builder import build_prototype_bank
+from protoprompt_mm.apis import build_prototype_bank
 from protoprompt_mm.models.decode_heads import MultiLevelPrototypeCAMHead
 from protoprompt_mm.models.losses import MaskGuidedContrastiveLoss
 from protoprompt_mm.models.utils import fuse_cams, merge_sub_prototypes

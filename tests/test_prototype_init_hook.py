@@ -1,5 +1,9 @@
-"""Tests of the prototype-bank builder, PrototypeInitHook and its tool."""
+"""Tests of prototype initialisation: the image bank, its encoding, the
+clustering, the bank building API, PrototypeInitHook and its tool."""
+import os
 import os.path as osp
+import subprocess
+import sys
 
 import mmcv
 import numpy as np
@@ -13,9 +17,15 @@ from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 from torch.utils.data import DataLoader
 
-from protoprompt_mm.engine.prototype_bank_builder import (
-    build_image_bank_dataloader, build_prototype_bank, build_prototype_record)
-from tool_loading import load_tool
+import protoprompt_mm.models.utils.prototype_clustering as clustering
+from protoprompt_mm.apis import (build_prototype_bank,
+                                 build_prototype_bank_from_config,
+                                 build_prototype_record, encode_image_bank,
+                                 prototype_embedder, save_prototype_file)
+from protoprompt_mm.datasets import (build_image_bank_dataloader,
+                                     image_bank_batch_uses)
+from protoprompt_mm.models.utils import (ClassFeatures, cluster_class_features,
+                                         cosine_kmeans)
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 NUM_CLASSES, K, D = 4, 2, 8
@@ -180,7 +190,7 @@ def test_builder_uses_only_single_label_images():
     assert (cross - torch.eye(NUM_CLASSES)).max() < 0.999
 
 
-def test_builder_pixel_fallback_and_missing_class(caplog):
+def test_builder_pixel_fallback_and_missing_class():
     model = MODELS.build(tiny_model_cfg())
     eye = np.eye(NUM_CLASSES, dtype=int)
     labels = [eye[0], eye[0], eye[1], eye[1], eye[2], eye[2], eye[3]]
@@ -195,9 +205,8 @@ def test_builder_pixel_fallback_and_missing_class(caplog):
 
 
 def test_builder_falls_back_to_multi_label_images(monkeypatch):
-    import protoprompt_mm.engine.prototype_bank_builder as builder
     logged = []
-    monkeypatch.setattr(builder, 'print_log',
+    monkeypatch.setattr(clustering, 'print_log',
                         lambda msg, **kwargs: logged.append(msg))
     model = MODELS.build(tiny_model_cfg())
     eye = np.eye(NUM_CLASSES, dtype=int)
@@ -290,34 +299,135 @@ def test_hook_without_prototype_bank_raises(data_root, tmp_path):
         Runner.from_cfg(cfg).train()
 
 
-def test_tool_writes_file_loadable_by_prototype_bank(data_root, tmp_path):
-    cfg_file = tmp_path / 'cfg.py'
+def test_image_bank_batch_uses_caps_each_class_and_kind():
+    labels = torch.tensor([[1, 0, 0], [1, 0, 0], [0, 1, 0], [1, 1, 0],
+                           [0, 0, 0], [0, 1, 1]])
+    single_counts, multi_counts = [1, 0, 0], [0, 0, 1]
+    uses = image_bank_batch_uses(labels, single_counts, multi_counts,
+                                 max_images_per_class=2)
+    # Image 1 is over class 0's single-label cap, image 4 has no label.
+    assert uses == [(0, 0, True), (2, 1, True), (3, 0, False), (3, 1, False),
+                    (5, 1, False), (5, 2, False)]
+    assert single_counts == [1, 0, 0] and multi_counts == [0, 0, 1]
+
+
+def test_encode_image_bank_embeds_tissue_of_the_needed_images():
+    model = MODELS.build(tiny_model_cfg())
+    model.train()
+    embedder, embed_bank = prototype_embedder(model)
+    assert embedder is model and embed_bank is model.neck
+    eye = np.eye(NUM_CLASSES, dtype=int)
+    labels = [[1, 1, 0, 0]]
+    labels += [eye[c] for c in range(NUM_CLASSES) for _ in range(3)]
+    colours = [COLOURS[0]]
+    colours += [COLOURS[c] for c in range(NUM_CLASSES) for _ in range(3)]
+    loader = in_memory_loader(labels, colours)
+    for sample in loader.dataset[1::3]:  # the first image of each class
+        sample['inputs'][:, :, 16:] = 255  # white glass, right half
+    single, multi = encode_image_bank(embedder, embed_bank, loader,
+                                      NUM_CLASSES, K, max_images_per_class=2,
+                                      tissue_threshold=220.0)
+    assert model.training  # mode restored
+    assert [single.count(c) for c in range(NUM_CLASSES)] == [2] * NUM_CLASSES
+    assert [multi.count(c) for c in range(NUM_CLASSES)] == [1, 1, 0, 0]
+    vecs = torch.stack(single.image_vecs[0])
+    assert vecs.shape == (2, D)
+    assert torch.allclose(vecs.norm(dim=1), torch.ones(2))
+    # Pixel embeddings of the first K - 1 images only; the half-white first
+    # image of a class keeps half of its cells.
+    assert [len(single.pixel_feats[c]) for c in range(NUM_CLASSES)] == [1] * 4
+    whole = multi.pixel_feats[0][0].shape[0]
+    assert single.pixel_feats[0][0].shape == (whole // 2, D)
+
+
+def test_cluster_class_features_with_both_fallbacks(monkeypatch):
+    logged = []
+    monkeypatch.setattr(clustering, 'print_log',
+                        lambda msg, **kwargs: logged.append(msg))
+    torch.manual_seed(0)
+    single, multi = ClassFeatures(3, K), ClassFeatures(3, K)
+    for _ in range(3):
+        single.add(0, torch.randn(D), torch.randn(5, D))
+    single.add(1, torch.randn(D), torch.randn(4, D))
+    for _ in range(2):
+        multi.add(2, torch.randn(D), torch.randn(5, D))
+    protos = cluster_class_features(single, multi, ['a', 'b', 'c'], D,
+                                    num_iters=5, seed=1)
+    assert protos.shape == (3, K, D)
+    # Class 0 from its image vectors, class 1 (one image) from its pixels,
+    # class 2 (no single-label image) from its multi-label images.
+    expected = [torch.stack(single.image_vecs[0]), single.pixel_feats[1][0],
+                torch.stack(multi.image_vecs[2])]
+    for cls, points in enumerate(expected):
+        assert torch.equal(protos[cls], cosine_kmeans(points, K, 5, 1))
+    assert [msg.split(':')[0] for msg in logged] == ['class 1 (b)',
+                                                     'class 2 (c)']
+    with pytest.raises(ValueError, match=r'class 0 \(a\): no single-label'):
+        cluster_class_features(ClassFeatures(2, K), ClassFeatures(2, K),
+                               ['a', 'b'], D)
+    few = ClassFeatures(1, K)
+    few.add(0, torch.randn(D), torch.randn(1, D))
+    with pytest.raises(ValueError, match='1 tissue pixels are too few'):
+        cluster_class_features(few, ClassFeatures(1, K), ['a'], D)
+
+
+def write_config_and_checkpoint(data_root: str, tmp_path):
+    """A runner config file and a checkpoint of its (seeded) model."""
+    cfg_file = str(tmp_path / 'cfg.py')
     cfg = runner_cfg(data_root, str(tmp_path / 'work'), 1)
-    cfg.dump(str(cfg_file))
+    cfg.dump(cfg_file)
     torch.manual_seed(1)
     model = MODELS.build(tiny_model_cfg())
     ckpt = str(tmp_path / 'model.pth')
     torch.save(dict(state_dict=model.state_dict()), ckpt)
-    out = str(tmp_path / 'out' / 'protos.pth')
+    return cfg, cfg_file, model, ckpt
 
-    tool = load_tool('build_prototype_bank')
-    tool.main([str(cfg_file), ckpt, '--out', out, '--device', 'cpu',
-               '--num-iters', '5'])
 
-    saved = torch.load(out, weights_only=True)
-    assert saved['classes'] == ['TUM', 'STR', 'LYM', 'NEC']
-    assert saved['meta']['checkpoint'] == ckpt
-    # Settings of the config's PrototypeInitHook, CLI overrides on top.
-    assert saved['meta']['max_images_per_class'] == 2
-    assert saved['meta']['num_iters'] == 5
+def test_bank_from_config_uses_the_hook_settings(data_root, tmp_path):
+    cfg, cfg_file, model, ckpt = write_config_and_checkpoint(
+        data_root, tmp_path)
+    record = build_prototype_bank_from_config(cfg_file, ckpt, num_iters=5)
+    assert record['classes'] == ['TUM', 'STR', 'LYM', 'NEC']
+    # Settings of the config's PrototypeInitHook, the given ones on top.
+    assert record['meta'] == dict(
+        max_images_per_class=2, num_iters=5, seed=0, tissue_threshold=220.0,
+        config=cfg_file, checkpoint=ckpt)
     expected = build_prototype_record(
         model.eval(), cfg.train_dataloader, max_images_per_class=2,
         num_iters=5)['prototypes']
-    assert torch.allclose(saved['prototypes'], expected, atol=1e-5)
+    assert torch.allclose(record['prototypes'], expected, atol=1e-5)
 
+    out = str(tmp_path / 'out' / 'protos.pth')
+    save_prototype_file(out, record)
     bank = MODELS.build(
         dict(type='PrototypeBank', in_channels=[8, 16, 32, 64],
              num_classes=NUM_CLASSES, embed_dim=D, num_prototypes=K,
              init_prototypes=out))
     bank.init_weights()
-    assert torch.allclose(bank.prototypes, saved['prototypes'], atol=1e-6)
+    assert torch.allclose(bank.prototypes, record['prototypes'], atol=1e-6)
+
+
+def test_config_with_two_prototype_init_hooks_raises(tmp_path):
+    cfg_file = str(tmp_path / 'two_hooks.py')
+    Config(dict(custom_hooks=[dict(type='PrototypeInitHook')] * 2)).dump(
+        cfg_file)
+    with pytest.raises(ValueError, match='2 PrototypeInitHook entries'):
+        build_prototype_bank_from_config(cfg_file)
+
+
+def test_tool_passes_its_options_on(data_root, tmp_path):
+    _, cfg_file, _, ckpt = write_config_and_checkpoint(data_root, tmp_path)
+    out = str(tmp_path / 'protos.pth')
+    proc = subprocess.run(
+        [sys.executable, 'tools/build_prototype_bank.py', cfg_file, ckpt,
+         '--out', out, '--device', 'cpu', '--max-images-per-class', '3',
+         '--num-iters', '4', '--tissue-threshold', '255', '--cfg-options',
+         'custom_hooks.0.seed=7'],
+        cwd=REPO_ROOT, env=dict(os.environ, PYTHONPATH=REPO_ROOT),
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = torch.load(out, weights_only=True)
+    assert saved['prototypes'].shape == (NUM_CLASSES, K, D)
+    assert saved['meta'] == dict(
+        max_images_per_class=3, num_iters=4, seed=7, tissue_threshold=255.0,
+        config=cfg_file, checkpoint=ckpt)

@@ -1,4 +1,7 @@
-"""tools/run_pipeline.py end to end on a tiny synthetic dataset."""
+"""The pipeline (``protoprompt_mm.apis.pipeline``) end to end on a tiny
+synthetic dataset, and ``tools/run_pipeline.py``'s exit on an error."""
+import contextlib
+import io
 import json
 import os
 import os.path as osp
@@ -6,7 +9,11 @@ import subprocess
 import sys
 
 import pytest
-from tool_loading import load_tool
+
+from protoprompt_mm.apis import (PRESETS, PipelineError, aggregate,
+                                 format_results_table, run_pipeline)
+from protoprompt_mm.apis.pipeline import (STAGE1_SCORES, Variant,
+                                          format_stain_table)
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 LOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
@@ -19,15 +26,18 @@ TINY = [
 ]
 
 
-def run_pipeline(data_root, work_dir, *extra):
-    cmd = [
-        sys.executable, osp.join(REPO_ROOT, 'tools', 'run_pipeline.py'),
-        '--data-root', str(data_root), '--work-dir', str(work_dir),
-        '--synthetic', 'num_train=12', 'num_val=3', 'num_test=3', 'size=64',
-        '--num-visualize', '2', '--stage1-options', *TINY,
-        '--stage2-options', *TINY, *extra
-    ]
-    return subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
+def run_tiny(data_root, work_dir, stage1_options=(), num_visualize=2,
+             **settings):
+    """run_pipeline on tiny data and runs; returns what it printed."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        run_pipeline(
+            str(data_root), str(work_dir),
+            synthetic=['num_train=12', 'num_val=3', 'num_test=3', 'size=64'],
+            num_visualize=num_visualize,
+            stage1_options=[*TINY, *stage1_options], stage2_options=TINY,
+            **settings)
+    return printed.getvalue()
 
 
 S1_PROTO = 'seed0_stage1_protocam_r18_synthetic'
@@ -45,9 +55,8 @@ def reused_steps(stdout):
 def pipeline_run(tmp_path_factory):
     root = tmp_path_factory.mktemp('pipeline')
     data_root, work_dir = root / 'data', root / 'work'
-    proc = run_pipeline(data_root, work_dir, '--variants', 'full', 'cam')
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return data_root, work_dir, proc
+    stdout = run_tiny(data_root, work_dir, variants=['full', 'cam'])
+    return data_root, work_dir, stdout
 
 
 PROTOCOL_SUFFIXES = ('', '_background_as_error')
@@ -133,7 +142,7 @@ def test_results_json_schema(pipeline_run):
 
 
 def test_every_step_left_its_output(pipeline_run):
-    data_root, work_dir, proc = pipeline_run
+    data_root, work_dir, stdout = pipeline_run
     assert (data_root / 'training').is_dir()
     for stage1 in ('stage1_protocam_r18_synthetic', 'stage1_cam_r18_synthetic'):
         pseudo = os.listdir(work_dir / 'seed_0' / stage1 / 'pseudo_masks')
@@ -141,27 +150,31 @@ def test_every_step_left_its_output(pipeline_run):
     panels = os.listdir(work_dir / 'seed_0' / 'full' / 'vis')
     assert sum(name.endswith('_panel.png') for name in panels) == 2
     assert sum(name.endswith('_prototypes.png') for name in panels) == 2
-    assert '| cam |' in proc.stdout
+    for variant in ('full', 'cam'):
+        # One stain-shift run is the final test (its clean condition).
+        test_dir = work_dir / 'seed_0' / variant / 'test'
+        assert (test_dir / 'stain_shift.json').is_file()
+    assert '| cam |' in stdout
 
 
 def test_rerun_reuses_finished_steps(pipeline_run):
     data_root, work_dir, _ = pipeline_run
-    proc = run_pipeline(data_root, work_dir, '--variants', 'full', 'cam')
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    # Every step but `data` (each variant's stain shift included).
-    assert proc.stdout.count('reusing') == 14
-    assert 'train.py' not in proc.stdout.replace('reusing', '')
+    stdout = run_tiny(data_root, work_dir, variants=['full', 'cam'])
+    # Every step but `data`: per stage 1 train, test, pseudo-masks; per
+    # variant train, test (with the stain shift), visualize.
+    assert stdout.count('reusing') == 12
+    assert 'train.py' not in stdout.replace('reusing', '')
 
 
 def test_variants_share_their_stage1(pipeline_run):
     data_root, work_dir, _ = pipeline_run
-    proc = run_pipeline(data_root, work_dir, '--variants', 'full',
-                        'prototypes_contrastive', '--num-visualize', '0')
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    stdout = run_tiny(data_root, work_dir,
+                      variants=['full', 'prototypes_contrastive'],
+                      num_visualize=0)
     # Its stage 1 is full's: trained once, reused; only its stage 2 runs.
-    assert reused_steps(proc.stdout) == {
+    assert reused_steps(stdout) == {
         f'{S1_PROTO}_train', f'{S1_PROTO}_test', f'{S1_PROTO}_pseudo_masks',
-        'seed0_full_train', 'seed0_full_test', 'seed0_full_stain_shift'
+        'seed0_full_train', 'seed0_full_test'
     }
     with open(work_dir / 'results.json') as f:
         variants = json.load(f)['variants']
@@ -171,14 +184,14 @@ def test_variants_share_their_stage1(pipeline_run):
 
 def test_failed_step_is_named(pipeline_run, tmp_path):
     data_root, _, _ = pipeline_run
-    proc = run_pipeline(data_root, tmp_path / 'work', '--variants', 'full',
-                        '--stage1-options',
-                        'model.decode_head.type=NoSuchHead')
-    assert proc.returncode == 1
-    assert f'step "{S1_PROTO}_train" failed' in proc.stderr
+    with pytest.raises(PipelineError,
+                       match=f'step "{S1_PROTO}_train" failed'):
+        run_tiny(data_root, tmp_path / 'work', variants=['full'],
+                 stage1_options=['model.decode_head.type=NoSuchHead'])
 
 
 def test_missing_real_dataset_is_an_error(tmp_path):
+    # The tool: a PipelineError is named on stderr, exit code 1.
     proc = subprocess.run([
         sys.executable, osp.join(REPO_ROOT, 'tools', 'run_pipeline.py'),
         '--data-root', str(tmp_path / 'nope'), '--work-dir',
@@ -191,10 +204,8 @@ def test_missing_real_dataset_is_an_error(tmp_path):
 def test_pseudo_mask_args_reach_the_generator(pipeline_run, tmp_path):
     data_root, _, _ = pipeline_run
     work_dir = tmp_path / 'work'
-    proc = run_pipeline(data_root, work_dir, '--variants', 'full',
-                        '--num-visualize', '0', '--pseudo-mask-args',
-                        '--scales 1.0 --no-flip --fg-thresh 0.3')
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_tiny(data_root, work_dir, variants=['full'], num_visualize=0,
+             pseudo_mask_args='--scales 1.0 --no-flip --fg-thresh 0.3')
     with open(work_dir / '.steps' / f'{S1_PROTO}_pseudo_masks.json') as f:
         cmd = json.load(f)['cmd']
     assert cmd[cmd.index('--scales'):cmd.index('--cfg-options')] == [
@@ -207,20 +218,18 @@ def test_pseudo_mask_args_reach_the_generator(pipeline_run, tmp_path):
     assert metrics['fg_thresh'] == 0.3
 
     # New pseudo-masks: stage 1 is reused, stage 2 must not be.
-    proc = run_pipeline(data_root, work_dir, '--variants', 'full',
-                        '--num-visualize', '0', '--pseudo-mask-args',
-                        '--scales 1.0 --no-flip --fg-thresh 0.35')
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert reused_steps(proc.stdout) == {f'{S1_PROTO}_train',
+    stdout = run_tiny(
+        data_root, work_dir, variants=['full'], num_visualize=0,
+        pseudo_mask_args='--scales 1.0 --no-flip --fg-thresh 0.35')
+    assert reused_steps(stdout) == {f'{S1_PROTO}_train',
                                          f'{S1_PROTO}_test'}
 
 
 def test_ablation_preset_embeds_prototypes_with_the_cam_stage1(
         pipeline_run):
     data_root, work_dir, _ = pipeline_run
-    proc = run_pipeline(data_root, work_dir, '--preset', 'ablation',
-                        '--variants', 'cam', 'full', '--num-visualize', '0')
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    stdout = run_tiny(data_root, work_dir, preset='ablation',
+                      variants=['cam', 'full'], num_visualize=0)
     with open(work_dir / '.steps' / f'{S1_PROTO}_train.json') as f:
         marker = json.load(f)
     with open(work_dir / 'seed_0' / 'stage1_cam_r18_synthetic' /
@@ -230,14 +239,13 @@ def test_ablation_preset_embeds_prototypes_with_the_cam_stage1(
     assert f'{S1_CAM}_train' in marker['upstream']
     # The plain-CAM stage 1 and its variant are reused; the prototype
     # stage 1 (new command) and what follows re-run.
-    assert reused_steps(proc.stdout) == {
+    assert reused_steps(stdout) == {
         f'{S1_CAM}_train', f'{S1_CAM}_test', f'{S1_CAM}_pseudo_masks',
-        'seed0_cam_train', 'seed0_cam_test', 'seed0_cam_stain_shift'
+        'seed0_cam_train', 'seed0_cam_test'
     }
 
 
 def test_aggregate_means_and_sample_stds_over_seeds():
-    pipeline = load_tool('run_pipeline')
     classes = ['A', 'B']
 
     def scores(miou, iou_b, pseudo=0.5):
@@ -254,17 +262,17 @@ def test_aggregate_means_and_sample_stds_over_seeds():
                     pseudo_mask_coverage=0.8, test_iou=dict(A=miou, B=iou_b),
                     test_iou_background_as_error=dict(A=0.1, B=iou_b))
 
-    variants = dict(full=pipeline.Variant('s1.py', 's2.py'),
-                    gt=pipeline.Variant('s1.py', 's2.py', pseudo_masks=False))
+    variants = dict(full=Variant('s1.py', 's2.py'),
+                    gt=Variant('s1.py', 's2.py', pseudo_masks=False))
     # What run_seed reports for a variant that uses no stage-1 output.
     unused = dict(
-        dict.fromkeys(pipeline.STAGE1_SCORES),
+        dict.fromkeys(STAGE1_SCORES),
         **dict.fromkeys(run_scores('test'), 0.9),
         stage1_cam_iou=dict(A=None, B=None),
         stage1_cam_iou_background_as_error=dict(A=None, B=None),
         test_iou=dict(A=0.9, B=0.9),
         test_iou_background_as_error=dict(A=0.9, B=0.9))
-    results = pipeline.aggregate(
+    results = aggregate(
         {0: dict(full=scores(0.6, None), gt=unused),
          1: dict(full=scores(0.8, 0.5), gt=unused),
          2: dict(full=scores(0.7, 0.7), gt=unused)}, variants, classes)
@@ -287,7 +295,7 @@ def test_aggregate_means_and_sample_stds_over_seeds():
     assert results['pseudo_mask_miou'] == 0.5
     assert results['pseudo_mask_miou_std'] == 0.0
     assert set(full['per_seed']) == {'0', '1', '2'}
-    table = pipeline.format_results_table(results, classes)
+    table = format_results_table(results, classes)
     ignored, as_error = table.split('\n\n', 1)[1].split('TPRO / PBIP')
     # Stage-1 mIoU, mDice, FwIoU, pseudo-mask mIoU, precision, coverage,
     # final mIoU, mDice, FwIoU, per-class final IoU (B: mean of 0.5, 0.7).
@@ -302,8 +310,6 @@ def test_aggregate_means_and_sample_stds_over_seeds():
 
 
 def test_stain_table_gives_each_condition_and_the_worst_change():
-    pipeline = load_tool('run_pipeline')
-
     def run(clean, darker, norm_darker=None):
         scores = dict(stain_shift_miou=dict(clean=clean, darker=darker),
                       stain_shift_worst_change=round(darker - clean, 4))
@@ -313,9 +319,9 @@ def test_stain_table_gives_each_condition_and_the_worst_change():
                 stain_norm_worst_change=round(norm_darker - clean, 4))
         return scores
 
-    variants = dict(aug=pipeline.Variant('s1.py', 's2.py'),
-                    plain=pipeline.Variant('s1.py', 's3.py'))
-    results = pipeline.aggregate(
+    variants = dict(aug=Variant('s1.py', 's2.py'),
+                    plain=Variant('s1.py', 's3.py'))
+    results = aggregate(
         {0: dict(aug=run(0.8, 0.7, 0.79), plain=run(0.8, 0.5)),
          1: dict(aug=run(0.8, 0.75, 0.81), plain=run(0.8, 0.6))},
         variants, [])
@@ -325,7 +331,7 @@ def test_stain_table_gives_each_condition_and_the_worst_change():
     assert aug['stain_norm_worst_change'] == pytest.approx(0.0)
     assert results['stain_shift_worst_change']['plain'] == pytest.approx(
         -0.25)
-    table = pipeline.format_stain_table(results)
+    table = format_stain_table(results)
     assert '| variant | clean | darker | worst change |' in table
     assert '| aug | 80.00 | 72.50 ± 3.54 | -7.50 ± 3.54 |' in table
     assert '| aug + Macenko | 80.00 | 80.00 ± 1.41 | +0.00 ± 1.41 |' in table
@@ -334,11 +340,10 @@ def test_stain_table_gives_each_condition_and_the_worst_change():
 
 
 def test_every_preset_names_existing_configs():
-    module = load_tool('run_pipeline')
-    assert {'bcss-wsss-pbip', 'luad-histoseg-pbip'} <= set(module.PRESETS)
-    for name, preset in module.PRESETS.items():
+    assert {'bcss-wsss-pbip', 'luad-histoseg-pbip'} <= set(PRESETS)
+    for name, preset in PRESETS.items():
         for variant in preset.variants.values():
             for config in (variant.stage1, variant.stage2):
                 assert config is None or osp.isfile(config), (name, config)
-    pbip = module.PRESETS['bcss-wsss-pbip'].variants['full']
+    pbip = PRESETS['bcss-wsss-pbip'].variants['full']
     assert osp.basename(pbip.stage1) == 'stage1_protocam_mit-b1_bcss-wsss.py'

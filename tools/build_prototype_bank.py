@@ -6,7 +6,8 @@ bank and the settings are those of ``PrototypeInitHook`` (same code): the
 config's ``PrototypeInitHook`` entry in ``custom_hooks`` when present, its
 defaults otherwise, overridden by the options below. The images are
 embedded by the config's model (with CHECKPOINT loaded when given); the
-hook's ``encoder`` setting is not used here.
+hook's ``encoder`` setting is not used here. See
+:func:`protoprompt_mm.apis.build_prototype_bank_from_config`.
 
 Example::
 
@@ -19,14 +20,9 @@ from typing import List, Optional
 import torch
 from mmengine.config import DictAction
 from mmengine.logging import print_log
-from mmengine.registry import init_default_scope
 
-import protoprompt_mm  # noqa: F401  (registers the components)
-from mmseg.registry import HOOKS
-from protoprompt_mm.engine.hooks import PrototypeInitHook
-from protoprompt_mm.engine.prototype_bank_builder import (
-    build_frozen_model, build_prototype_record, save_prototype_file)
-from protoprompt_mm.utils import load_config
+from protoprompt_mm.apis import (build_prototype_bank_from_config,
+                                 save_prototype_file)
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -62,42 +58,17 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def hook_from_config(cfg) -> PrototypeInitHook:
-    """The config's ``PrototypeInitHook``, or one with default settings.
-
-    Raises:
-        ValueError: If ``custom_hooks`` holds several of them.
-    """
-    entries = [
-        hook for hook in cfg.get('custom_hooks', [])
-        if hook.get('type') in ('PrototypeInitHook', PrototypeInitHook)
-    ]
-    if len(entries) > 1:
-        raise ValueError(f'{cfg.filename}: custom_hooks has {len(entries)} '
-                         'PrototypeInitHook entries, expected at most one')
-    return HOOKS.build(entries[0]) if entries else PrototypeInitHook()
-
-
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
-    cfg = load_config(args.config, args.cfg_options)
-    init_default_scope(cfg.get('default_scope', 'mmseg'))
-    hook = hook_from_config(cfg)
-    settings = dict(
-        max_images_per_class=hook.max_images_per_class,
-        num_iters=hook.num_iters,
-        seed=hook.seed,
-        tissue_threshold=hook.tissue_threshold)
-    for key in settings:
-        if getattr(args, key) is not None:
-            settings[key] = getattr(args, key)
-    model = build_frozen_model(cfg, args.checkpoint).to(args.device)
-    record = build_prototype_record(
-        model,
-        cfg.get('train_dataloader'),
-        image_bank=hook.image_bank,
-        **settings)
-    record['meta'].update(config=args.config, checkpoint=args.checkpoint)
+    record = build_prototype_bank_from_config(
+        args.config,
+        args.checkpoint,
+        device=args.device,
+        cfg_options=args.cfg_options,
+        max_images_per_class=args.max_images_per_class,
+        num_iters=args.num_iters,
+        seed=args.seed,
+        tissue_threshold=args.tissue_threshold)
     save_prototype_file(args.out, record)
     print_log(
         f"Saved prototypes {tuple(record['prototypes'].shape)} of classes "

@@ -7,10 +7,9 @@ from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmseg.registry import HOOKS
 
+from ...apis import (build_frozen_model, build_prototype_record,
+                     find_prototype_bank, save_prototype_file)
 from ...utils import load_config
-from ..prototype_bank_builder import (build_frozen_model,
-                                      build_prototype_record,
-                                      find_prototype_bank, save_prototype_file)
 
 ENCODER_KEYS = ('config', 'checkpoint')
 
@@ -21,7 +20,7 @@ class PrototypeInitHook(Hook):
 
     In ``before_train`` the images of the image bank are embedded and
     clustered into K prototypes per class (see
-    :func:`~protoprompt_mm.engine.prototype_bank_builder.build_prototype_bank`
+    :func:`~protoprompt_mm.apis.build_prototype_bank`
     for the embedding, the fallback and DDP: rank 0 reads the image bank,
     and an error there is raised on every rank instead of leaving the others
     waiting for its prototypes) and loaded with
@@ -46,8 +45,7 @@ class PrototypeInitHook(Hook):
             config is reused (its keys overridden by ``dataset``) with a
             test-style pipeline; e.g. ``dict(dataset=dict(
             pseudo_mask_dir=None))`` reads no stage-2 masks. See
-            ``build_image_bank_dataloader`` in
-            :mod:`protoprompt_mm.engine.prototype_bank_builder`.
+            :func:`~protoprompt_mm.datasets.build_image_bank_dataloader`.
         encoder: ``dict(config=..., checkpoint=...)``: a frozen segmentor
             (e.g. a stage-1 checkpoint) whose backbone and PrototypeBank
             embed the images instead of the model being trained; its

@@ -54,8 +54,9 @@ def cosine_kmeans(features: Tensor,
     all points.
 
     There is no fallback for too few points: with M < k the function raises,
-    and callers decide how to obtain more points (the prototype-bank builder
-    switches to per-pixel features). With fewer than k distinct directions,
+    and callers decide how to obtain more points
+    (:func:`~protoprompt_mm.models.utils.cluster_class_features` switches to
+    per-pixel features). With fewer than k distinct directions,
     some returned centres coincide.
 
     Args:
