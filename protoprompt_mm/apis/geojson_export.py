@@ -9,13 +9,14 @@ trace, which only occur between blocks meeting at a corner, collapse to
 that corner, so a full h x w mask becomes the rectangle [0, w] x [0, h].
 """
 import json
-import os
 from typing import Dict, Sequence, Tuple
 
 import cv2
 import numpy as np
 import shapely
 from shapely.geometry import MultiPolygon, Polygon, mapping
+
+from protoprompt_mm.utils.atomic_write import atomic_path
 
 NOT_TISSUE = 255
 POLYGON_TYPE_ID = 3  # shapely.get_type_id of a Polygon
@@ -152,11 +153,6 @@ def write_geojson(path: str, collection: dict) -> None:
         path: Output ``.geojson``.
         collection: JSON-serialisable GeoJSON object.
     """
-    part_path = path + '.part'
-    try:
+    with atomic_path(path) as part_path:
         with open(part_path, 'w') as file:
             json.dump(collection, file)
-        os.replace(part_path, path)
-    finally:
-        if os.path.exists(part_path):
-            os.remove(part_path)

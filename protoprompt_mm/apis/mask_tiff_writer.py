@@ -28,6 +28,8 @@ from typing import IO, Iterable, Iterator, List, Optional, Tuple
 import numpy as np
 import tifffile
 
+from protoprompt_mm.utils.atomic_write import atomic_path
+
 UM_PER_CM = 1e4
 SPOOL_HEADER = struct.Struct('<QQ')  # rows, compressed bytes of one block
 
@@ -206,8 +208,7 @@ def write_pyramidal_mask(path: str,
                          '>= 2 pixels')
     levels = pyramid_level_sizes(width, height, min_level_side)
     folder = os.path.dirname(os.path.abspath(path))
-    part_path = path + '.part'
-    try:
+    with atomic_path(path) as part_path:
         with ExitStack() as spool_files, \
                 tifffile.TiffWriter(part_path, bigtiff=True) as tif:
             blocks = _row_blocks(strips, width, height, tile, path)
@@ -234,8 +235,4 @@ def write_pyramidal_mask(path: str,
                     blocks = _row_blocks(coarser.blocks(next_width),
                                          next_width, next_height, tile,
                                          path)
-        os.replace(part_path, path)
-    finally:
-        if os.path.exists(part_path):
-            os.remove(part_path)
     return {'levels': levels, 'mpp': mpp, 'tile': tile}
