@@ -10,7 +10,11 @@ venv: $(STAMP)
 
 # Re-installs only when the venv is missing or requirements/pyproject changed.
 $(STAMP): requirements.txt pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -x $(PY) || { \
+	  echo "Building $(VENV) with $$(command -v $(PYTHON)) ($$($(PYTHON) --version 2>&1)); set PYTHON=... for another"; \
+	  $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 9))' || { \
+	    echo "$(PYTHON) is older than pyproject.toml's requires-python (>=3.9)" >&2; exit 1; }; \
+	  $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install -r requirements.txt
 	$(PY) -m pip install --no-deps --no-build-isolation -e .
 	touch $(STAMP)
