@@ -9,8 +9,8 @@ from mmseg.registry import DATASETS
 
 from protoprompt_mm.datasets import (BCSSWSSSDataset, HistoWSSSDataset,
                                      LUADHistoSegDataset)
-from protoprompt_mm.datasets.synthetic_histo import (save_palette_mask,
-                                                     save_rgb_png)
+from protoprompt_mm.datasets.palette_masks import save_palette_mask
+from protoprompt_mm.datasets.synthetic_histo import save_rgb_png
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 MASK = np.array([[0, 0, 1, 1], [0, 4, 4, 1], [2, 4, 4, 1], [2, 2, 4, 4]],

@@ -10,8 +10,8 @@ from mmengine.utils import ProgressBar
 
 from protoprompt_mm.datasets import BCSSWSSSDataset, HistoManifestDataset
 from protoprompt_mm.datasets.file_checks import check_data_list
-from protoprompt_mm.datasets.synthetic_histo import (save_palette_mask,
-                                                     save_rgb_png)
+from protoprompt_mm.datasets.palette_masks import save_palette_mask
+from protoprompt_mm.datasets.synthetic_histo import save_rgb_png
 
 CLASSES = ('tumour', 'stroma', 'necrosis')
 

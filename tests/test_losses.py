@@ -1,4 +1,4 @@
-"""Tests of PrototypeContrastiveLoss and RegionConsistencyLoss."""
+"""Tests of PrototypeContrastiveLoss, RegionConsistencyLoss, their bases."""
 import math
 
 import pytest
@@ -6,7 +6,10 @@ import torch
 from mmseg.registry import MODELS
 
 import protoprompt_mm.models.losses  # noqa: F401  (registers the losses)
-from protoprompt_mm.models.losses import (PrototypeContrastiveLoss,
+from protoprompt_mm.models.losses import (BaseLoss,
+                                          MaskGuidedContrastiveLoss,
+                                          PrototypeAwareLoss,
+                                          PrototypeContrastiveLoss,
                                           RegionConsistencyLoss)
 
 DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
@@ -171,6 +174,33 @@ def test_contrastive_weight_and_loss_weight():
     scaled = PrototypeContrastiveLoss(temperature=0.5, loss_weight=2.5)(
         pred, target, prototypes=prototypes)
     assert scaled.item() == pytest.approx(2.5 * base.item(), rel=1e-6)
+
+
+def test_contrastive_zero_weight_pixels_are_not_sampled():
+    pred, target, prototypes = contrastive_case()
+    # The class-1 pixel weighs 0: only the two class-0 pixels are drawn.
+    weight = torch.tensor([[[2., 0.], [1., 1.]]])
+    per_pixel = PrototypeContrastiveLoss(temperature=0.5, reduction='none')(
+        pred, target, prototypes=prototypes, weight=weight)
+    aligned0, _, diagonal = contrastive_expected()
+    assert sorted(per_pixel.tolist()) == pytest.approx(
+        sorted([2 * aligned0, diagonal]), rel=1e-5)
+    mean = PrototypeContrastiveLoss(temperature=0.5)(
+        pred, target, prototypes=prototypes, weight=weight)
+    assert mean.item() == pytest.approx((2 * aligned0 + diagonal) / 2,
+                                        rel=1e-5)
+
+
+def test_contrastive_weight_is_resized_with_the_labels():
+    pred, target, prototypes = contrastive_case()
+    weight = torch.tensor([[[1., 2.], [3., 4.]]])
+    big = [t.repeat_interleave(2, 1).repeat_interleave(2, 2)
+           for t in (target, weight)]
+    loss_fn = PrototypeContrastiveLoss(temperature=0.5, reduction='sum')
+    assert loss_fn(pred, big[0], prototypes=prototypes,
+                   weight=big[1]).item() == pytest.approx(
+                       loss_fn(pred, target, prototypes=prototypes,
+                               weight=weight).item(), rel=1e-6)
 
 
 def test_contrastive_owned_prototypes_fallback():
@@ -458,9 +488,25 @@ def test_registry_build_and_loss_name(cfg, cls, name):
     assert custom.loss_name == 'loss_custom'
 
 
-def test_requires_prototypes_flag():
-    assert getattr(PrototypeContrastiveLoss(), 'requires_prototypes', False)
-    assert not getattr(RegionConsistencyLoss(), 'requires_prototypes', False)
+def test_prototype_aware_contract():
+    assert isinstance(PrototypeContrastiveLoss(), PrototypeAwareLoss)
+    assert not isinstance(RegionConsistencyLoss(), PrototypeAwareLoss)
+    with pytest.raises(TypeError, match='abstract'):
+        PrototypeAwareLoss(1.0, 'mean', 'loss_x')
+
+
+@pytest.mark.parametrize('cls', [
+    PrototypeContrastiveLoss, RegionConsistencyLoss, MaskGuidedContrastiveLoss
+])
+def test_mmseg_loss_conventions(cls):
+    loss = cls(loss_weight=0.3, reduction='sum', loss_name='loss_x')
+    assert isinstance(loss, BaseLoss)
+    assert (loss.loss_weight, loss.reduction, loss.loss_name) == (0.3, 'sum',
+                                                                  'loss_x')
+    with pytest.raises(ValueError,
+                       match=f"{cls.__name__}: reduction must be one of "
+                       r"\('none', 'mean', 'sum'\), got 'avg'"):
+        cls(reduction='avg')
 
 
 @pytest.mark.parametrize('device', DEVICES)

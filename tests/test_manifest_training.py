@@ -14,8 +14,8 @@ import pytest
 from mmengine.config import Config
 from mmseg.registry import DATASETS
 
-from protoprompt_mm.datasets.synthetic_histo import (save_palette_mask,
-                                                     save_rgb_png)
+from protoprompt_mm.datasets.palette_masks import save_palette_mask
+from protoprompt_mm.datasets.synthetic_histo import save_rgb_png
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG = osp.join(REPO_ROOT, 'configs', 'examples',

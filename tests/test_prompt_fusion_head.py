@@ -3,9 +3,12 @@ import pytest
 import torch
 import torch.nn as nn
 from mmengine.structures import PixelData
+from mmseg.models.necks import FPN
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 
+from protoprompt_mm.models.losses import (PrototypeAwareLoss,
+                                          PrototypeContrastiveLoss)
 from protoprompt_mm.models.necks import PromptedFeatures
 
 NUM_CLASSES, EMBED_DIM, K = 3, 8, 2
@@ -74,6 +77,35 @@ def test_needs_prototype_bank_output():
         head((torch.randn(1, 8, 8, 8), torch.randn(1, 16, 4, 4)))
 
 
+def test_after_fpn_says_what_it_got_and_what_to_configure():
+    fpn = FPN(in_channels=[8, 16], out_channels=8, num_outs=2)
+    levels = fpn([torch.randn(1, 8, 8, 8), torch.randn(1, 16, 4, 4)])
+    with pytest.raises(TypeError) as error:
+        make_head().loss(levels, make_samples(batch=1), None)
+    message = str(error.value)
+    assert 'PromptFusionHead needs the PromptedFeatures of a PrototypeBank' \
+        in message
+    assert 'got a tuple of 2 entries of shapes (1, 8, 8, 8), (1, 8, 4, 4)' \
+        in message
+    assert "neck=dict(type='PrototypeBank'" in message
+
+
+@pytest.mark.parametrize('rebuild', [tuple, list, lambda x: [t for t in x]])
+def test_rebuilt_neck_output_still_works(rebuild):
+    torch.manual_seed(0)
+    head = make_head().eval()
+    randomise(head)
+    inputs = make_inputs()
+    rebuilt = rebuild(inputs)
+    assert not isinstance(rebuilt, PromptedFeatures)
+    assert torch.equal(head(rebuilt), head(inputs))
+    recorder = RecordingLoss()
+    head.loss_decode = nn.ModuleList([head.loss_decode, recorder])
+    head.loss(rebuilt, make_samples(), None)
+    assert recorder.seen['embedding'] is inputs.embedding
+    assert recorder.seen['prototypes'] is inputs.prototypes
+
+
 def test_prompts_are_identity_at_init_and_then_matter():
     torch.manual_seed(0)
     head = make_head().eval()
@@ -107,15 +139,27 @@ def test_embed_dim_must_split_into_heads():
         make_head(num_attn_heads=3)
 
 
-class RecordingLoss(nn.Module):
-    """A loss that asks for prototypes and records what it received."""
-    requires_prototypes = True
-    loss_name = 'loss_record'
+class RecordingLoss(PrototypeAwareLoss):
+    """A prototype-aware loss that records what it received."""
 
-    def forward(self, pred, target, prototypes=None, ignore_index=255,
-                **kwargs):
-        self.seen = (pred, target, prototypes, ignore_index)
-        return pred.sum() * 0 + 1.0
+    def __init__(self):
+        super().__init__(1.0, 'mean', 'loss_record')
+
+    def forward(self, embedding, seg_label, prototypes, weight=None,
+                ignore_index=255, seg_logits=None):
+        self.seen = dict(embedding=embedding, seg_label=seg_label,
+                         prototypes=prototypes, weight=weight,
+                         ignore_index=ignore_index, seg_logits=seg_logits)
+        return embedding.sum() * 0 + 1.0
+
+
+class TopHalfSampler:
+    """A pixel sampler that keeps the top half of every label map."""
+
+    def sample(self, seg_logit, seg_label):
+        weight = torch.zeros(seg_label.squeeze(1).shape)
+        weight[:, :weight.shape[1] // 2] = 1.0
+        return weight
 
 
 def test_loss_dispatch_passes_embeddings_and_prototypes():
@@ -125,12 +169,39 @@ def test_loss_dispatch_passes_embeddings_and_prototypes():
     inputs = make_inputs()
     losses = head.loss(inputs, make_samples(), None)
     assert set(losses) == {'loss_ce', 'loss_record', 'acc_seg'}
-    pred, target, prototypes, ignore_index = recorder.seen
-    assert pred is inputs.embedding
-    assert prototypes is inputs.prototypes
-    assert target.shape == (2, 32, 32) and ignore_index == 255
+    seen = recorder.seen
+    assert seen['embedding'] is inputs.embedding
+    assert seen['prototypes'] is inputs.prototypes
+    assert seen['seg_label'].shape == (2, 32, 32)
+    assert seen['ignore_index'] == 255 and seen['weight'] is None
+    assert seen['seg_logits'].shape == (2, NUM_CLASSES, 32, 32)
     losses['loss_ce'].backward()
     assert head.conv_seg.weight.grad is not None
+
+
+def test_sampler_weights_reach_the_prototype_losses():
+    torch.manual_seed(0)
+    head = make_head(loss_decode=dict(type='PrototypeContrastiveLoss'))
+    head.sampler = TopHalfSampler()
+    inputs, samples = make_inputs(), make_samples()
+    through_head = head.loss(inputs, samples, None)['loss_proto_contrast']
+
+    labels = torch.stack([s.gt_sem_seg.data[0] for s in samples])
+    weight = TopHalfSampler().sample(None, labels[:, None])
+    loss_fn = PrototypeContrastiveLoss()
+    weighted = loss_fn(inputs.embedding, labels, prototypes=inputs.prototypes,
+                       weight=weight)
+    unweighted = loss_fn(inputs.embedding, labels,
+                         prototypes=inputs.prototypes)
+    assert through_head.item() == pytest.approx(weighted.item(), rel=1e-6)
+    assert through_head.item() != pytest.approx(unweighted.item(), rel=1e-3)
+
+
+def test_loss_by_feat_without_prompts_names_the_loss():
+    head = make_head(loss_decode=dict(type='PrototypeContrastiveLoss'))
+    with pytest.raises(ValueError, match=r'PrototypeContrastiveLoss '
+                       r'\(loss_proto_contrast\) needs pixel embeddings'):
+        head.loss_by_feat(torch.randn(2, NUM_CLASSES, 8, 8), make_samples())
 
 
 def test_same_named_losses_are_summed():

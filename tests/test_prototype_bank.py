@@ -5,7 +5,8 @@ import pytest
 from mmengine.runner import load_checkpoint, save_checkpoint
 from mmseg.registry import MODELS
 
-from protoprompt_mm.models.necks import PromptedFeatures, PrototypeBank
+from protoprompt_mm.models.necks import (PromptedFeatures, PrototypeBank,
+                                         as_prompted_features)
 
 
 def make_bank(**kwargs) -> PrototypeBank:
@@ -27,6 +28,32 @@ def test_forward_layout_and_shapes():
                           atol=1e-5)
     assert out.similarity.shape == (2, 3, 16, 16)
     assert out.prototypes.shape == (3, 2, 6)
+
+
+@pytest.mark.parametrize('rebuild', [tuple, lambda x: [t for t in x]])
+def test_rebuilt_output_is_recognised(rebuild):
+    bank = make_bank()
+    out = bank((torch.randn(2, 8, 16, 16), torch.randn(2, 16, 8, 8)))
+    again = as_prompted_features(rebuild(out), 'SomeHead')
+    assert isinstance(again, PromptedFeatures)
+    assert all(a is b for a, b in zip(again, out)) and len(again) == len(out)
+    assert again.embedding is out.embedding
+    assert again.prototypes is out.prototypes
+
+
+def test_other_inputs_are_refused_with_what_was_got():
+    bank = make_bank()
+    out = bank((torch.randn(2, 8, 16, 16), torch.randn(2, 16, 8, 8)))
+    # Prototypes of the wrong dim: not the neck's layout.
+    wrong = (*out[:-1], torch.randn(3, 2, 5))
+    with pytest.raises(TypeError, match=r'SomeHead needs the PromptedFeatures'
+                       r'.*got a tuple of 5 entries of shapes .*\(3, 2, 5\)'):
+        as_prompted_features(wrong, 'SomeHead')
+    with pytest.raises(TypeError, match=r'got a single Tensor of shape '
+                       r'\(2, 8, 16, 16\)'):
+        as_prompted_features(out[0], 'SomeHead')
+    with pytest.raises(TypeError, match='got a dict'):
+        as_prompted_features(dict(a=out[0]), 'SomeHead')
 
 
 def test_similarity_is_max_cosine_over_sub_prototypes():
@@ -102,6 +129,24 @@ def test_momentum_update_resizes_labels_and_skips_unconfident():
     bank.momentum_update(emb, torch.zeros(2, 1, 16, 16, dtype=torch.long))
     # Cosine can't reach 1.1: nothing is confident, nothing changes.
     assert torch.equal(bank.prototypes, before)
+
+
+def test_momentum_update_takes_labels_with_or_without_channel_dim():
+    emb = F.normalize(torch.randn(2, 6, 4, 4), dim=1)
+    labels = torch.randint(0, 3, (2, 4, 4))
+    labels[0, 0] = 255
+    big = labels.repeat_interleave(4, 1).repeat_interleave(4, 2)
+    results = []
+    for label in (labels, big, big[:, None]):
+        torch.manual_seed(0)
+        bank = make_bank(update_mode='momentum', momentum=0.5)
+        bank.momentum_update(emb, label)
+        results.append(bank.prototypes)
+    torch.manual_seed(0)
+    before = make_bank(update_mode='momentum').prototypes
+    assert not torch.equal(results[0], before)
+    assert torch.equal(results[0], results[1])
+    assert torch.equal(results[0], results[2])
 
 
 def test_momentum_update_does_not_break_backward():

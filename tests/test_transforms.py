@@ -6,8 +6,8 @@ import pytest
 from mmcv.transforms import Compose
 from PIL import Image
 
-from protoprompt_mm.datasets.synthetic_histo import (save_palette_mask,
-                                                     save_rgb_png)
+from protoprompt_mm.datasets.palette_masks import save_palette_mask
+from protoprompt_mm.datasets.synthetic_histo import save_rgb_png
 from protoprompt_mm.datasets.transforms import (CAMToPseudoLabel,
                                                 LoadCAMPseudoLabel,
                                                 LoadHistoAnnotations,

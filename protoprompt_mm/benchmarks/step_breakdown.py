@@ -13,6 +13,7 @@ from mmseg.models.utils import resize
 from torch import Tensor, nn
 
 from protoprompt_mm.benchmarks.timing import interleaved_times, summary
+from protoprompt_mm.models.losses import PrototypeAwareLoss
 from protoprompt_mm.models.necks import PrototypeBank, PromptedFeatures
 
 
@@ -89,7 +90,7 @@ def component_fns(model: nn.Module, wrapper: OptimWrapper,
                                              nn.ModuleList) \
         else [head.loss_decode]
     for loss in modules:
-        if getattr(loss, 'requires_prototypes', False):
+        if isinstance(loss, PrototypeAwareLoss):
             fns[f'loss {loss.loss_name}'] = forward_backward(
                 lambda e, p, loss=loss: loss(
                     e, flat_label, prototypes=p,

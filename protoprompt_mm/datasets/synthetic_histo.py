@@ -22,7 +22,8 @@ Layout written by :func:`generate_synthetic_histo`::
         val/img/val_00000.png   val/mask/val_00000.png
         test/img/test_00000.png test/mask/test_00000.png
 
-Masks are palette PNGs: indices 0-3 are the classes, 4 is background.
+Masks are palette PNGs (:mod:`.palette_masks`): indices 0-3 are the classes,
+4 is background.
 ``training_gt/`` is NOT part of the BCSS-WSSS layout: WSSS training never
 reads it; it only serves to score pseudo masks made from the training set.
 
@@ -33,20 +34,17 @@ the work is split among processes.
 import os
 import os.path as osp
 from multiprocessing import Pool
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
-from PIL import Image
 
 from .bcss_wsss_dataset import BCSSWSSSDataset
 from .image_labels import labels_from_mask
+from .palette_masks import save_palette_mask
 
 NUM_CLASSES = len(BCSSWSSSDataset.METAINFO['classes'])
 BACKGROUND_INDEX = NUM_CLASSES
-MASK_PALETTE: List[List[int]] = [
-    *BCSSWSSSDataset.METAINFO['palette'], [255, 255, 255]
-]
 MIN_CLASS_FRACTION = 0.05
 # Generator settings per difficulty. ``standard`` is the default data set;
 # ``hard`` is closer to real H&E: per-slide stains, classes that share
@@ -349,27 +347,6 @@ def save_rgb_png(path: str, rgb: np.ndarray) -> None:
     if not ok:
         raise OSError(f'{path}: PNG encoding failed')
     buffer.tofile(path)
-
-
-def save_palette_mask(path: str,
-                      mask: np.ndarray,
-                      palette: Sequence[Sequence[int]] = MASK_PALETTE) -> None:
-    """Write a uint8 label map as an 8-bit palette ('P' mode) PNG.
-
-    The palette is padded to 256 entries so that every index, including
-    255 (ignore), survives; a shorter palette would make PIL write fewer
-    bits per pixel.
-
-    Args:
-        path (str): Output path.
-        mask (np.ndarray): uint8 (H, W) label map.
-        palette (Sequence[Sequence[int]]): RGB colour of the first indices.
-            Defaults to the BCSS-WSSS classes plus white background.
-    """
-    colours = [*palette, *([[0, 0, 0]] * (256 - len(palette)))]
-    image = Image.fromarray(np.ascontiguousarray(mask, np.uint8))
-    image.putpalette([c for colour in colours for c in colour])
-    image.save(path)
 
 
 def _write_patch(task: Tuple[str, int, int, int, int, str]) -> None:

@@ -13,6 +13,7 @@ from mmseg.registry import MODELS
 from mmseg.utils import ConfigType, SampleList
 from torch import Tensor
 
+from ..losses.prototype_aware_loss import PrototypeAwareLoss
 from ..necks.prompted_features import PromptedFeatures, as_prompted_features
 
 
@@ -20,7 +21,9 @@ from ..necks.prompted_features import PromptedFeatures, as_prompted_features
 class PromptFusionHead(BaseDecodeHead):
     """Segmentation head whose features are prompted by class prototypes.
 
-    It takes the output of a ``PrototypeBank`` neck. After a 1x1 conv that
+    It takes the output of a ``PrototypeBank`` neck (a plain tuple or list
+    with its layout works too; any other input, e.g. an FPN's levels, is a
+    ``TypeError`` that says what to configure). After a 1x1 conv that
     fuses the selected backbone levels, two prompts act on the features:
 
     * cross-attention: every pixel queries the N*K prototypes and adds what
@@ -31,9 +34,11 @@ class PromptFusionHead(BaseDecodeHead):
 
     A second 3x3 conv and the classifier follow. In eval mode ``forward``
     returns a plain logits Tensor, so slide inference and TTA work as usual.
-    Losses in ``loss_decode`` that set ``requires_prototypes = True`` (such as
+    Losses in ``loss_decode`` that are a
+    :class:`~protoprompt_mm.models.losses.PrototypeAwareLoss` (such as
     ``PrototypeContrastiveLoss``) receive the pixel embeddings and the
-    prototypes instead of the logits.
+    prototypes, as that class documents; the others receive the logits.
+    Both get the per-pixel weights of the ``sampler``, if one is set.
 
     Args:
         embed_dim: D of the neck's embeddings and prototypes.
@@ -110,6 +115,9 @@ class PromptFusionHead(BaseDecodeHead):
 
         Returns:
             Tensor: Segmentation logits (B, num_classes, h, w).
+
+        Raises:
+            TypeError: If ``inputs`` does not come from a ``PrototypeBank``.
         """
         prompted = as_prompted_features(inputs, type(self).__name__)
         x = self.pre_conv(self._transform_inputs(prompted.feats))
@@ -126,7 +134,16 @@ class PromptFusionHead(BaseDecodeHead):
 
     def loss(self, inputs: Sequence[Tensor], batch_data_samples: SampleList,
              train_cfg: ConfigType) -> dict:
-        """Forward and compute every loss of ``loss_decode``."""
+        """Forward and compute every loss of ``loss_decode``.
+
+        Args:
+            inputs: ``PromptedFeatures`` from a ``PrototypeBank`` neck.
+            batch_data_samples: Data samples with ``gt_sem_seg``.
+            train_cfg: Unused (mmseg's signature).
+
+        Returns:
+            dict[str, Tensor]: Losses by ``loss_name``, plus ``acc_seg``.
+        """
         prompted: PromptedFeatures = as_prompted_features(
             inputs, type(self).__name__)
         seg_logits = self.forward(prompted)
@@ -151,12 +168,16 @@ class PromptFusionHead(BaseDecodeHead):
         Args:
             seg_logits: Logits (B, num_classes, h, w).
             batch_data_samples: Data samples with ``gt_sem_seg``.
-            embedding: Pixel embeddings (B, D, h', w') for losses that set
-                ``requires_prototypes``.
+            embedding: Pixel embeddings (B, D, h', w') for the
+                :class:`PrototypeAwareLoss` losses.
             prototypes: Prototypes (N, K, D) for those losses.
 
         Returns:
             dict[str, Tensor]: Losses by ``loss_name``, plus ``acc_seg``.
+
+        Raises:
+            ValueError: If a ``PrototypeAwareLoss`` is configured but
+                ``embedding`` or ``prototypes`` is missing.
         """
         seg_label = self._stack_batch_gt(batch_data_samples)
         seg_logits = resize(
@@ -170,17 +191,22 @@ class PromptFusionHead(BaseDecodeHead):
 
         losses = dict()
         for loss_module in self._loss_modules():
-            if getattr(loss_module, 'requires_prototypes', False):
+            if isinstance(loss_module, PrototypeAwareLoss):
                 if embedding is None or prototypes is None:
                     raise ValueError(
-                        f'{loss_module.loss_name} needs pixel embeddings and '
-                        'prototypes; call PromptFusionHead.loss with the '
-                        'output of a PrototypeBank neck')
+                        f'{type(loss_module).__name__} '
+                        f'({loss_module.loss_name}) needs pixel embeddings '
+                        'and prototypes; call '
+                        'PromptFusionHead.loss with the output of a '
+                        'PrototypeBank neck, or pass embedding= and '
+                        'prototypes= to loss_by_feat')
                 value = loss_module(
                     embedding,
                     seg_label,
                     prototypes=prototypes,
-                    ignore_index=self.ignore_index)
+                    weight=seg_weight,
+                    ignore_index=self.ignore_index,
+                    seg_logits=seg_logits)
             else:
                 value = loss_module(
                     seg_logits,

@@ -20,10 +20,12 @@ class PrototypeCAMHead(BaseCAMHead):
     sub-prototypes (B, N, h, w). The class score is an affine map, per
     class, of the pooled similarity: ``exp(log_scale_n) * pool(sim_n) +
     bias_n`` (a positive learnable scale turns cosine values in [-1, 1] into
-    usable logits). The multi-label loss trains the prototypes, the
-    embedding and the backbone through the similarities, so the neck must
-    be a ``PrototypeBank`` with ``update='learned'``. There is one CAM level
-    (the neck already fuses the backbone levels into its embedding).
+    usable logits). The multi-label loss trains the embedding and the
+    backbone through the similarities, and the prototypes too when they are
+    a parameter: a ``PrototypeBank`` built with ``update_mode='learned'``
+    (``CAMSegmentor`` refuses any other bank; the head itself only checks
+    that the neck's number of classes matches). There is one CAM level (the
+    neck already fuses the backbone levels into its embedding).
 
     Args:
         num_classes: N, number of classes (must match the neck).

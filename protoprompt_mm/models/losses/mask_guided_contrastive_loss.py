@@ -1,15 +1,14 @@
 """MaskGuidedContrastiveLoss: PBIP's stage-1 foreground/background InfoNCE."""
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from mmseg.registry import MODELS
 from torch import Tensor
 
-_REDUCTIONS = ('none', 'mean', 'sum')
+from .base_loss import BaseLoss
 
 
 @MODELS.register_module()
-class MaskGuidedContrastiveLoss(nn.Module):
+class MaskGuidedContrastiveLoss(BaseLoss):
     """InfoNCE of CAM-masked foreground / background features vs prototypes.
 
     For every selected (image b, class n, sub-prototype k) -- a present class
@@ -56,10 +55,7 @@ class MaskGuidedContrastiveLoss(nn.Module):
                  loss_weight: float = 0.1,
                  reduction: str = 'mean',
                  loss_name: str = 'loss_mask_contrast') -> None:
-        super().__init__()
-        if reduction not in _REDUCTIONS:
-            raise ValueError(f'MaskGuidedContrastiveLoss: reduction must be '
-                             f'one of {_REDUCTIONS}, got {reduction!r}')
+        super().__init__(loss_weight, reduction, loss_name)
         if temperature <= 0 or not 0 < alpha < 1:
             raise ValueError(
                 'MaskGuidedContrastiveLoss: temperature > 0 and 0 < alpha < '
@@ -67,9 +63,6 @@ class MaskGuidedContrastiveLoss(nn.Module):
         self.temperature = temperature
         self.alpha = alpha
         self.bg_weight = bg_weight
-        self.loss_weight = loss_weight
-        self.reduction = reduction
-        self._loss_name = loss_name
 
     def forward(self, feats: Tensor, sub_cams: Tensor, prototypes: Tensor,
                 selected: Tensor) -> Tensor:
@@ -135,8 +128,3 @@ class MaskGuidedContrastiveLoss(nn.Module):
                 loss = loss.mean() if self.reduction == 'mean' \
                     else loss.sum()
         return self.loss_weight * loss
-
-    @property
-    def loss_name(self) -> str:
-        """str: Name of the loss item (``loss_`` prefixed to be summed)."""
-        return self._loss_name

@@ -7,11 +7,12 @@ import torch.nn.functional as F
 from mmseg.registry import MODELS
 from torch import Tensor
 
-_REDUCTIONS = ('none', 'mean', 'sum')
+from ..utils.nearest_resize import resize_nearest
+from .prototype_aware_loss import PrototypeAwareLoss
 
 
 @MODELS.register_module()
-class PrototypeContrastiveLoss(nn.Module):
+class PrototypeContrastiveLoss(PrototypeAwareLoss):
     """InfoNCE loss between sampled pixel embeddings and class prototypes.
 
     Every class owns ``K`` sub-prototypes. For a sampled pixel ``i`` of class
@@ -26,15 +27,18 @@ class PrototypeContrastiveLoss(nn.Module):
     i.e. all ``K`` sub-prototypes of class ``c`` are positives and the
     prototypes of every other class are negatives.
 
-    At most ``max_pixels_per_class`` valid pixels are drawn per class,
+    At most ``max_pixels_per_class`` valid pixels (label in [0, N), not
+    ``ignore_index``, weight not 0) are drawn per class,
     uniformly at random with the torch RNG (``torch.manual_seed`` makes the
     draw reproducible); classes with fewer valid pixels contribute all of
     them. Sampling is vectorised: every valid pixel gets a random key, pixels
     are sorted by ``(class, key)`` in a single sort and the first
     ``max_pixels_per_class`` of each class are kept.
 
-    Prototypes normally come from the decode head (``PromptFusionHead`` reads
-    :attr:`requires_prototypes` and passes ``prototypes=``). To use the loss
+    Prototypes normally come from the decode head: the loss is a
+    :class:`PrototypeAwareLoss`, so ``PromptFusionHead`` passes it the
+    neck's embeddings, ``prototypes=`` and the pixel sampler's ``weight=``.
+    To use the loss
     in a stock mmseg head's ``loss_decode`` list, build it with
     ``num_classes`` and ``embed_dim`` (the head's logits channels, i.e.
     ``num_classes``): it then owns learnable prototypes of shape
@@ -62,8 +66,6 @@ class PrototypeContrastiveLoss(nn.Module):
             ``'loss_proto_contrast'``.
     """
 
-    requires_prototypes = True
-
     def __init__(self,
                  temperature: float = 0.1,
                  max_pixels_per_class: int = 256,
@@ -73,10 +75,7 @@ class PrototypeContrastiveLoss(nn.Module):
                  loss_weight: float = 1.0,
                  reduction: str = 'mean',
                  loss_name: str = 'loss_proto_contrast') -> None:
-        super().__init__()
-        if reduction not in _REDUCTIONS:
-            raise ValueError(f'reduction must be one of {_REDUCTIONS}, '
-                             f'got {reduction!r}')
+        super().__init__(loss_weight, reduction, loss_name)
         if temperature <= 0:
             raise ValueError(f'temperature must be > 0, got {temperature}')
         if max_pixels_per_class < 1:
@@ -92,9 +91,6 @@ class PrototypeContrastiveLoss(nn.Module):
                              f'embed_dim={embed_dim}')
         self.temperature = temperature
         self.max_pixels_per_class = max_pixels_per_class
-        self.loss_weight = loss_weight
-        self.reduction = reduction
-        self._loss_name = loss_name
         if num_classes is not None:
             self.prototypes = nn.Parameter(
                 torch.randn(num_classes, num_prototypes, embed_dim))
@@ -102,25 +98,31 @@ class PrototypeContrastiveLoss(nn.Module):
             self.prototypes = None
 
     def forward(self,
-                pred: Tensor,
-                target: Tensor,
+                embedding: Tensor,
+                seg_label: Tensor,
                 prototypes: Optional[Tensor] = None,
                 weight: Optional[Tensor] = None,
                 ignore_index: Optional[int] = 255,
+                seg_logits: Optional[Tensor] = None,
                 **kwargs) -> Tensor:
         """Compute the loss.
 
         Args:
-            pred (Tensor): Pixel embeddings of shape (B, D, h, w).
-            target (Tensor): Labels of shape (B, H, W); resized to (h, w)
+            embedding (Tensor): Pixel embeddings of shape (B, D, h, w) (a
+                stock mmseg head passes its logits: then D = N).
+            seg_label (Tensor): Labels of shape (B, H, W); resized to (h, w)
                 with nearest interpolation when the sizes differ.
             prototypes (Tensor, optional): Class prototypes of shape
                 (N, K, D). Defaults to the owned prototypes, if any.
             weight (Tensor, optional): Per-pixel weight of shape (B, H, W)
-                multiplying each sampled pixel's loss. Defaults to None.
+                (e.g. the head's pixel sampler's), resized like
+                ``seg_label``; it multiplies each sampled pixel's loss, and
+                pixels of weight 0 are never sampled. Defaults to None.
             ignore_index (int, optional): Label that is never sampled;
                 labels outside [0, N) are never sampled either.
                 Defaults to 255.
+            seg_logits (Tensor, optional): The head's logits; not used (the
+                loss only compares embeddings with prototypes).
             **kwargs: Ignored; accepted for mmseg head compatibility.
 
         Returns:
@@ -136,29 +138,31 @@ class PrototypeContrastiveLoss(nn.Module):
                     'so) or build the loss with num_classes and embed_dim to '
                     'learn its own prototypes.')
             prototypes = self.prototypes
-        self._check_shapes(pred, target, prototypes, weight)
+        self._check_shapes(embedding, seg_label, prototypes, weight)
 
-        _, dim, height, width = pred.shape
+        _, dim, height, width = embedding.shape
         num_classes, num_protos, _ = prototypes.shape
-        if target.shape[-2:] != (height, width):
-            target = _resize_nearest(target, (height, width))
-            if weight is not None:
-                weight = _resize_nearest(weight, (height, width))
+        seg_label = resize_nearest(seg_label, (height, width))
+        if weight is not None:
+            weight = resize_nearest(weight, (height, width))
 
-        labels = target.reshape(-1).long()
+        labels = seg_label.reshape(-1).long()
         valid = (labels >= 0) & (labels < num_classes)
         if ignore_index is not None:
             valid &= labels != ignore_index
+        if weight is not None:
+            valid &= weight.reshape(-1) != 0
         index, classes = self._sample(labels, valid, num_classes)
 
         # Gather (M, D) rows straight from (B, D, h*w) without a full copy.
         pixels = height * width
-        embeddings = pred.flatten(2)[index // pixels, :, index % pixels]
+        sampled = embedding.flatten(2)[index // pixels, :, index % pixels]
         # fp32 even under autocast: logits / temperature overflow half types.
-        with torch.autocast(device_type=pred.device.type, enabled=False):
-            embeddings = F.normalize(embeddings.float(), dim=1)
+        with torch.autocast(
+                device_type=embedding.device.type, enabled=False):
+            sampled = F.normalize(sampled.float(), dim=1)
             protos = F.normalize(prototypes.float(), dim=-1)
-            logits = embeddings @ protos.reshape(-1, dim).t()
+            logits = sampled @ protos.reshape(-1, dim).t()
             logits = logits / self.temperature
         rows = torch.arange(classes.numel(), device=classes.device)
         positives = logits.view(-1, num_classes, num_protos)[rows, classes]
@@ -200,42 +204,24 @@ class PrototypeContrastiveLoss(nn.Module):
         return index[keep], classes[keep]
 
     @staticmethod
-    def _check_shapes(pred: Tensor, target: Tensor, prototypes: Tensor,
-                      weight: Optional[Tensor]) -> None:
+    def _check_shapes(embedding: Tensor, seg_label: Tensor,
+                      prototypes: Tensor, weight: Optional[Tensor]) -> None:
         """Raise a ValueError describing the first inconsistent shape."""
-        if pred.dim() != 4:
-            raise ValueError('pred must be (B, D, h, w) embeddings, got '
-                             f'shape {tuple(pred.shape)}')
-        if target.dim() != 3 or target.shape[0] != pred.shape[0]:
-            raise ValueError(f'target must be (B, H, W) with B={pred.shape[0]}'
-                             f', got shape {tuple(target.shape)}')
+        if embedding.dim() != 4:
+            raise ValueError('embedding must be (B, D, h, w), got '
+                             f'shape {tuple(embedding.shape)}')
+        if seg_label.dim() != 3 or seg_label.shape[0] != embedding.shape[0]:
+            raise ValueError(
+                f'seg_label must be (B, H, W) with B={embedding.shape[0]}, '
+                f'got shape {tuple(seg_label.shape)}')
         if prototypes.dim() != 3:
             raise ValueError('prototypes must be (N, K, D), got shape '
                              f'{tuple(prototypes.shape)}')
-        if pred.shape[1] != prototypes.shape[2]:
+        if embedding.shape[1] != prototypes.shape[2]:
             raise ValueError(
-                f'pred channel dim ({pred.shape[1]}) must equal the '
-                f'prototype dim D ({prototypes.shape[2]})')
-        if weight is not None and weight.shape != target.shape:
-            raise ValueError(f'weight must have the target shape '
-                             f'{tuple(target.shape)}, got '
+                f'embedding channel dim ({embedding.shape[1]}) must equal '
+                f'the prototype dim D ({prototypes.shape[2]})')
+        if weight is not None and weight.shape != seg_label.shape:
+            raise ValueError(f'weight must have the seg_label shape '
+                             f'{tuple(seg_label.shape)}, got '
                              f'{tuple(weight.shape)}')
-
-    @property
-    def loss_name(self) -> str:
-        """str: Name of the loss item (``loss_`` prefixed to be summed)."""
-        return self._loss_name
-
-
-def _resize_nearest(tensor: Tensor, size: tuple) -> Tensor:
-    """Resize a (B, H, W) map to ``size`` with nearest interpolation.
-
-    Args:
-        tensor (Tensor): Map of shape (B, H, W), any dtype.
-        size (tuple[int, int]): Output (h, w).
-
-    Returns:
-        Tensor: Map of shape (B, h, w) with the input dtype.
-    """
-    resized = F.interpolate(tensor[:, None].float(), size=size, mode='nearest')
-    return resized[:, 0].to(tensor.dtype)

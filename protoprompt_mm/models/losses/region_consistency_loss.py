@@ -2,19 +2,18 @@
 from typing import Optional
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from mmseg.registry import MODELS
 from torch import Tensor
 
 from ..utils import connected_components
+from .base_loss import BaseLoss
 
-_REDUCTIONS = ('none', 'mean', 'sum')
 _EPS = 1e-12
 
 
 @MODELS.register_module()
-class RegionConsistencyLoss(nn.Module):
+class RegionConsistencyLoss(BaseLoss):
     """Pull every pixel's class distribution towards its region's mean.
 
     A region is a connected component of pixels sharing the same valid label
@@ -61,10 +60,7 @@ class RegionConsistencyLoss(nn.Module):
                  loss_weight: float = 1.0,
                  reduction: str = 'mean',
                  loss_name: str = 'loss_region') -> None:
-        super().__init__()
-        if reduction not in _REDUCTIONS:
-            raise ValueError(f'reduction must be one of {_REDUCTIONS}, '
-                             f'got {reduction!r}')
+        super().__init__(loss_weight, reduction, loss_name)
         if connectivity not in (4, 8):
             raise ValueError(
                 f'connectivity must be 4 or 8, got {connectivity}')
@@ -74,9 +70,6 @@ class RegionConsistencyLoss(nn.Module):
         self.connectivity = connectivity
         self.min_region_size = min_region_size
         self.detach_target = detach_target
-        self.loss_weight = loss_weight
-        self.reduction = reduction
-        self._loss_name = loss_name
 
     def forward(self,
                 pred: Tensor,
@@ -154,8 +147,3 @@ class RegionConsistencyLoss(nn.Module):
         else:
             loss = loss.view(target.shape)
         return self.loss_weight * loss
-
-    @property
-    def loss_name(self) -> str:
-        """str: Name of the loss item (``loss_`` prefixed to be summed)."""
-        return self._loss_name

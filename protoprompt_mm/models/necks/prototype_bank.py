@@ -11,6 +11,7 @@ from mmseg.models.utils import resize
 from mmseg.registry import MODELS
 from torch import Tensor
 
+from ..utils.nearest_resize import resize_nearest
 from ..utils.prototype_state import PrototypeStateMixin
 from .prompted_features import PromptedFeatures
 
@@ -191,11 +192,9 @@ class PrototypeBank(PrototypeStateMixin, BaseModule):
                 'PrototypeBank.momentum_update called, but '
                 f"update_mode={self.update_mode!r} (needs 'momentum')")
         num_cls, num_k, dim = self.prototypes.shape
-        if seg_label.dim() == 3:
-            seg_label = seg_label.unsqueeze(1)
-        label = F.interpolate(
-            seg_label.float(), size=embedding.shape[2:],
-            mode='nearest').long().flatten()
+        if seg_label.dim() == 4:
+            seg_label = seg_label[:, 0]
+        label = resize_nearest(seg_label, embedding.shape[2:]).long().flatten()
         emb = embedding.detach().permute(0, 2, 3, 1).reshape(-1, dim).float()
         valid = (label >= 0) & (label < num_cls) & (label != ignore_index)
         emb, label = emb[valid], label[valid]

@@ -2,5 +2,4 @@
 from .cam_segmentor import CAMSegmentor
 from .protoprompt_segmentor import ProtoPromptSegmentor
 
-__all__ = ['ProtoPromptSegmentor']
-__all__ += ['CAMSegmentor']
+__all__ = ['ProtoPromptSegmentor', 'CAMSegmentor']
