@@ -1,5 +1,6 @@
 """CPU mixed precision: --amp falls back to fp32, bf16 autocast works, the
 finite-loss check leaves fp16 gradient overflows to GradScaler."""
+import argparse
 import copy
 import os
 import os.path as osp
@@ -14,10 +15,9 @@ from mmengine.optim.optimizer import amp_optimizer_wrapper
 from mmseg.registry import MODELS
 
 from protoprompt_mm.datasets.synthetic_histo import generate_synthetic_histo
-from protoprompt_mm.engine.amp import configure_amp
+from protoprompt_mm.engine.amp import add_amp_argument, configure_amp
 from protoprompt_mm.engine.optim_wrappers import (FiniteLossAmpOptimWrapper,
                                                   NonFiniteLossError)
-from tool_loading import load_tool
 from test_segmentor import make_batch, tiny_model_cfg
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -261,13 +261,14 @@ def test_configure_amp_trains_in_fp32_without_a_gpu(monkeypatch):
         type='FiniteLossOptimWrapper', optimizer=dict(type='SGD', lr=0.1))
 
 
-def test_train_py_amp_choices(monkeypatch):
-    train_tool = load_tool('train')
+def test_amp_argument_choices():
+    """``--amp`` of tools/train.py."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument('config')
+    add_amp_argument(parser)
     for argv, amp in [([], None), (['--amp'], 'default'),
                       (['--amp', 'bf16'], 'bf16'), (['--amp', 'fp16'],
                                                     'fp16')]:
-        monkeypatch.setattr(sys, 'argv', ['train.py', 'cfg.py', *argv])
-        assert train_tool.parse_args().amp == amp
-    monkeypatch.setattr(sys, 'argv', ['train.py', 'cfg.py', '--amp', 'fp8'])
+        assert parser.parse_args(['cfg.py', *argv]).amp == amp
     with pytest.raises(SystemExit):
-        train_tool.parse_args()
+        parser.parse_args(['cfg.py', '--amp', 'fp8'])

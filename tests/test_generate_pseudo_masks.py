@@ -1,6 +1,6 @@
-"""protoprompt_mm.apis.pseudo_masks, tools/generate_pseudo_masks.py and
-tools/visualize.py, and stage 1 -> pseudo masks -> stage 2 through the real
-command-line tools."""
+"""protoprompt_mm.apis.pseudo_masks and sample_panels (what
+tools/generate_pseudo_masks.py and tools/visualize.py run), and stage 1 ->
+pseudo masks -> stage 2 through the real command-line tools."""
 import glob
 import json
 import os
@@ -19,13 +19,13 @@ from mmseg.registry import MODELS
 from PIL import Image
 
 from protoprompt_mm.apis import (METRICS_FILE, PseudoMaskScorer,
-                                 build_label_dataset, generate_pseudo_masks,
-                                 pseudo_label_params)
+                                 build_label_dataset, draw_sample_panels,
+                                 generate_pseudo_masks, pseudo_label_params,
+                                 pseudo_mask_report)
 from protoprompt_mm.datasets import parse_image_labels
-from protoprompt_mm.datasets.synthetic_histo import (generate_synthetic_histo,
-                                                     save_palette_mask)
+from protoprompt_mm.datasets.palette_masks import save_palette_mask
+from protoprompt_mm.datasets.synthetic_histo import generate_synthetic_histo
 from protoprompt_mm.utils import load_config
-from tool_loading import load_tool
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 STAGE1 = osp.join(REPO_ROOT, 'configs', 'protoprompt',
@@ -84,11 +84,6 @@ def checkpoint(tmp_path_factory):
     return path
 
 
-def run_tool(monkeypatch, *argv):
-    monkeypatch.setattr(sys, 'argv', ['generate_pseudo_masks.py', *argv])
-    load_tool('generate_pseudo_masks').main()
-
-
 def run(*cmd):
     """Run a tool as a user would, from the repository root."""
     env = dict(os.environ, PYTHONPATH=REPO_ROOT)
@@ -115,16 +110,16 @@ def test_refuses_a_non_empty_out_dir(tmp_path, data_root, checkpoint):
         generate_pseudo_masks(tiny_cfg(data_root), checkpoint, str(tmp_path))
 
 
-def test_cli_writes_gated_masks_cams_and_metrics(monkeypatch, capsys,
-                                                 tmp_path, data_root,
-                                                 checkpoint):
+def test_writes_gated_masks_cams_and_metrics(tmp_path, data_root,
+                                             checkpoint):
     out = str(tmp_path / 'pseudo')
-    run_tool(monkeypatch, STAGE1, checkpoint, '--out', out, '--save-cams',
-             '--batch-size', '3', '--scales', '1.0', '0.75',
-             '--cfg-options', *options(data_root))
-    printed = capsys.readouterr().out
-    assert 'pseudo-mask mIoU:' in printed and 'coverage:' in printed
-    assert 'precision mIoU:' in printed and 'oracle' not in printed.lower()
+    record = generate_pseudo_masks(tiny_cfg(data_root), checkpoint, out,
+                                   save_cams=True, batch_size=3,
+                                   scales=[1.0, 0.75])
+    report = pseudo_mask_report(record, out)
+    assert f'Wrote {NUM_TRAIN} pseudo masks of train to {out}' in report
+    assert 'pseudo-mask mIoU:' in report and 'coverage:' in report
+    assert 'precision mIoU:' in report and 'oracle' not in report.lower()
 
     images = sorted(glob.glob(osp.join(data_root, 'training', '*.png')))
     masks = sorted(glob.glob(osp.join(out, '*.png')))
@@ -153,12 +148,12 @@ def test_cli_writes_gated_masks_cams_and_metrics(monkeypatch, capsys,
     assert (metrics['fg_thresh'], metrics['thresh_mode']) == (
         load_config(STAGE1).pseudo_label_cfg.fg_thresh, 'fixed')
 
-    # --force writes into the same folder; CLI thresholds override. Alpha 1
-    # of the adaptive mode keeps each kept class's peak pixels only.
-    run_tool(monkeypatch, STAGE1, checkpoint, '--out', out, '--force',
-             '--no-flip', '--scales', '1.0', '--fg-thresh', '1.0',
-             '--thresh-mode', 'adaptive', '--cfg-options',
-             *options(data_root))
+    # force writes into the same folder; the given thresholds override the
+    # config's. Alpha 1 of the adaptive mode keeps each kept class's peak
+    # pixels only.
+    generate_pseudo_masks(tiny_cfg(data_root), checkpoint, out, force=True,
+                          flip=False, scales=[1.0], fg_thresh=1.0,
+                          thresh_mode='adaptive')
     metrics = read_metrics(out)
     assert (metrics['fg_thresh'], metrics['thresh_mode']) == (1.0, 'adaptive')
     for path in masks:
@@ -188,7 +183,7 @@ def test_two_ranks_write_the_same_masks_as_one(tmp_path, data_root,
 
 
 def test_val_is_gated_by_predicted_labels_unless_oracle(
-        monkeypatch, capsys, tmp_path, data_root, checkpoint):
+        tmp_path, data_root, checkpoint):
     # cls_thresh 1: no probability exceeds it, so only the top class of
     # each image is predicted present.
     cfg = tiny_cfg(data_root, **{'model.test_cfg.cls_thresh': 1.0})
@@ -211,11 +206,13 @@ def test_val_is_gated_by_predicted_labels_unless_oracle(
         assert set(np.unique(pseudo).tolist()) <= {kept[0], 255}
     assert dropped > 0
 
-    run_tool(monkeypatch, STAGE1, checkpoint, '--out', oracle, '--split',
-             'val', '--oracle-labels', '--save-cams', '--scales', '1.0',
-             '--cfg-options', *options(data_root),
-             'model.test_cfg.cls_thresh=1.0')
-    assert 'pseudo-mask mIoU [ORACLE labels]:' in capsys.readouterr().out
+    assert 'oracle' not in pseudo_mask_report(record, predicted).lower()
+    record = generate_pseudo_masks(cfg, checkpoint, oracle, split='val',
+                                   oracle_labels=True, scales=[1.0],
+                                   save_cams=True)
+    report = pseudo_mask_report(record, oracle)
+    assert 'pseudo-mask mIoU [ORACLE labels]:' in report
+    assert 'ORACLE: gated by the labels of the ground-truth masks' in report
     metrics = read_metrics(oracle)
     assert metrics['gating'] == 'oracle' and 'cls_thresh' not in metrics
     for mask in masks:
@@ -230,12 +227,11 @@ def test_val_is_gated_by_predicted_labels_unless_oracle(
 
 def test_visualize_gates_by_predicted_labels_unless_oracle(
         tmp_path, data_root, checkpoint):
-    tool = load_tool('visualize')
-    common = [STAGE1, checkpoint, '--num', '1', '--cfg-options',
-              *options(data_root)]
-    tool.main([*common[:2], '--out', str(tmp_path / 'pred'), *common[2:]])
-    tool.main([*common[:2], '--out', str(tmp_path / 'oracle'),
-               '--oracle-labels', *common[2:]])
+    cfg = tiny_cfg(data_root)
+    assert draw_sample_panels(cfg, checkpoint, str(tmp_path / 'pred'),
+                              num=1) == 1
+    assert draw_sample_panels(cfg, checkpoint, str(tmp_path / 'oracle'),
+                              num=1, oracle_labels=True) == 1
     name = osp.basename(
         sorted(glob.glob(osp.join(data_root, 'test', 'img', '*.png')))[0])[:-4]
     assert sorted(os.listdir(tmp_path / 'pred')) == [

@@ -1,5 +1,7 @@
 """Tiled large-image inference (protoprompt_mm.apis, infer_region.py)."""
 import os.path as osp
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,11 +13,10 @@ from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 from PIL import Image
 
-from protoprompt_mm.apis import (background_mask, infer_region,
+from protoprompt_mm.apis import (background_mask, check_tiling, infer_region,
                                  init_segmentor, label_map, tile_starts)
 from protoprompt_mm.datasets import BCSSWSSSDataset
 from protoprompt_mm.utils import load_config
-from tool_loading import load_tool
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 STAGE2_CFG = osp.join(REPO, 'configs/protoprompt/protoprompt_r18_synthetic.py')
@@ -159,11 +160,14 @@ def test_infer_region_tool_writes_mask_and_overlay(tiny_model_files,
     image_path = tmp_path / 'region.png'
     Image.fromarray(image[..., ::-1]).save(image_path)  # stored as RGB
     out_mask, out_overlay = tmp_path / 'mask.png', tmp_path / 'overlay.png'
-    load_tool('infer_region').main([
-        config, checkpoint, str(image_path), '--out-mask', str(out_mask),
-        '--out-overlay', str(out_overlay), '--tile', '64', '--overlap', '16',
-        '--batch', '4', '--background-thresh', '220'
-    ])
+    proc = subprocess.run([
+        sys.executable, 'tools/infer_region.py', config, checkpoint,
+        str(image_path), '--out-mask', str(out_mask), '--out-overlay',
+        str(out_overlay), '--tile', '64', '--overlap', '16', '--batch', '4',
+        '--background-thresh', '220'
+    ], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f'wrote {out_mask} and {out_overlay}' in proc.stdout
     mask = Image.open(out_mask)
     assert mask.mode == 'P' and mask.size == (300, 260)
     labels = np.asarray(mask)
@@ -218,6 +222,12 @@ def test_background_mask_by_brightness():
 
 
 def test_bad_arguments_are_refused():
+    for tile, overlap, batch_size, message in [
+            (64, 64, 8, 'overlap < tile'), (0, 0, 8, 'tile >= 1'),
+            (64, -1, 8, 'overlap'), (64, 16, 0, 'batch_size must be >= 1')]:
+        with pytest.raises(ValueError, match=message):
+            check_tiling(tile, overlap, batch_size)
+    check_tiling(1, 0, 1)
     model = PerPixelModel().eval()
     with pytest.raises(ValueError, match='overlap'):
         infer_region(model, random_image(80, 80), tile=64, overlap=64)

@@ -1,5 +1,6 @@
-"""Whole-slide inference (apis/slide_inference.py, tools/infer_slide.py) on
-pyramidal TIFFs the tests write: the four outputs, the mask reopened through
+"""Whole-slide inference (apis/slide_inference.py, apis/slide_segmentation.py,
+tools/infer_slide.py) on pyramidal TIFFs the tests write: the four outputs,
+the mask reopened through
 OpenSlide and equal to whole-image inference, GeoJSON validity, skipped
 glass, resampling, stain normalisation, resumable folders and rank shares,
 and peak memory flat as the slide grows."""
@@ -17,17 +18,18 @@ from PIL import Image
 from shapely.geometry import shape
 
 from protoprompt_mm.apis import (infer_region, infer_slide, init_segmentor,
-                                 is_finished, output_paths, tile_grid)
+                                 is_finished, output_paths, segment_slides,
+                                 tile_grid, torchrun_placement)
 from protoprompt_mm.datasets.synthetic_histo import render_patch
 from protoprompt_mm.datasets.synthetic_slide import (synthetic_slide,
                                                      write_pyramidal_tiff)
-from tool_loading import load_tool
 from test_infer_region import (  # noqa: F401  (the fixture tiny_model_files)
     PerPixelModel, tiny_model_files)
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TESTS = osp.dirname(osp.abspath(__file__))
 TILE = ['--tile', '64', '--overlap', '16', '--batch-size', '4']
+TILING = dict(tile=64, overlap=16, batch_size=4)  # TILE, as arguments
 # The module fixtures build models before the autouse scope fixture runs.
 init_default_scope('mmseg')
 
@@ -51,12 +53,25 @@ def slides(tmp_path_factory):
                 full_rgb=full_rgb)
 
 
+def run_infer_slide(*args):
+    """tools/infer_slide.py as a user runs it (one rank, no torchrun)."""
+    env = {key: value for key, value in os.environ.items()
+           if key not in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK')}
+    proc = subprocess.run([sys.executable, 'tools/infer_slide.py', *args],
+                          cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
 @pytest.fixture(scope='module')
 def glassy_run(slides, tiny_model_files):
+    """The command line on one pyramidal TIFF."""
     config, checkpoint, _, meta = tiny_model_files
     out = str(slides['root'] / 'out')
-    load_tool('infer_slide').main(
-        [config, checkpoint, slides['glassy'], '--out', out, *TILE])
+    printed = run_infer_slide(config, checkpoint, slides['glassy'], '--out',
+                              out, *TILE)
+    assert 'rank 0/1: 1 slide(s)' in printed
     return out, meta
 
 
@@ -170,11 +185,11 @@ def test_slide_without_mpp_needs_mpp(slides, tiny_model_files, tmp_path):
     config, checkpoint, _, _ = tiny_model_files
     png = str(tmp_path / 'region.png')
     Image.fromarray(slides['glassy_rgb']).save(png)
-    args = [config, checkpoint, png, '--out', str(tmp_path / 'out'), *TILE]
+    out = str(tmp_path / 'out')
     with pytest.raises(RuntimeError, match=r'region.png.*pass --mpp'):
-        load_tool('infer_slide').main(args)
-    load_tool('infer_slide').main([*args, '--mpp', '0.25'])
-    assert is_finished(str(tmp_path / 'out'), png)
+        segment_slides(config, checkpoint, [png], out, **TILING)
+    segment_slides(config, checkpoint, [png], out, slide_mpp=0.25, **TILING)
+    assert is_finished(out, png)
 
 
 def test_stain_normalisation_is_fitted_once_per_slide(slides,
@@ -184,42 +199,54 @@ def test_stain_normalisation_is_fitted_once_per_slide(slides,
     reference = str(tmp_path / 'reference.png')
     Image.fromarray(slides['full_rgb'][:128, :128]).save(reference)
     out = str(tmp_path / 'out')
-    load_tool('infer_slide').main(
-        [config, checkpoint, slides['glassy'], '--out', out, '--stain-norm',
-         reference, *TILE])
+    segment_slides(config, checkpoint, [slides['glassy']], out,
+                   stain_norm=reference, **TILING)
     with open(output_paths(out, slides['glassy'])['.json']) as f:
         assert json.load(f)['stain_normalized'] is True
 
 
+def test_torchrun_placement_reads_the_rank_and_its_gpu(monkeypatch):
+    for name in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK'):
+        monkeypatch.delenv(name, raising=False)
+    assert torchrun_placement('cuda') == (0, 1, 'cuda:0')
+    monkeypatch.setenv('RANK', '3')
+    monkeypatch.setenv('WORLD_SIZE', '4')
+    monkeypatch.setenv('LOCAL_RANK', '1')
+    assert torchrun_placement('cuda') == (3, 4, 'cuda:1')
+    assert torchrun_placement('cuda:0') == (3, 4, 'cuda:0')
+    assert torchrun_placement('cpu') == (3, 4, 'cpu')
+
+
 def test_folder_runs_resume_and_share_slides_by_rank(slides,
                                                      tiny_model_files,
-                                                     tmp_path, monkeypatch,
-                                                     capsys):
+                                                     tmp_path, monkeypatch):
     config, checkpoint, _, _ = tiny_model_files
     out = str(tmp_path / 'out')
-    args = [config, checkpoint, slides['folder'], '--out', out, *TILE]
     monkeypatch.setenv('RANK', '1')
     monkeypatch.setenv('WORLD_SIZE', '2')
+    rank, world_size, device = torchrun_placement('cpu')
     # Sorted: full.tif (rank 0), glassy.tif (rank 1).
-    load_tool('infer_slide').main(args)
+    assert segment_slides(config, checkpoint, [slides['folder']], out,
+                          device=device, rank=rank, world_size=world_size,
+                          **TILING).keys() == {slides['glassy']}
     assert not is_finished(out, slides['full'])
     assert is_finished(out, slides['glassy'])
-    monkeypatch.setenv('RANK', '0')
-    monkeypatch.setenv('WORLD_SIZE', '1')
     stamp = os.stat(output_paths(out, slides['glassy'])['.tif']).st_mtime_ns
-    capsys.readouterr()
-    load_tool('infer_slide').main(args)
+    # The command line on the folder, one rank: glassy.tif is skipped.
+    printed = run_infer_slide(config, checkpoint, slides['folder'], '--out',
+                              out, *TILE)
     assert is_finished(out, slides['full'])
     assert os.stat(output_paths(out, slides['glassy'])['.tif']
                    ).st_mtime_ns == stamp  # finished before: skipped
-    assert '2 slide(s)' in capsys.readouterr().out
-    load_tool('infer_slide').main([*args, '--force'])
+    assert 'rank 0/1: 2 slide(s)' in printed
+    segment_slides(config, checkpoint, [slides['folder']], out, force=True,
+                   **TILING)
     assert os.stat(output_paths(out, slides['glassy'])['.tif']
                    ).st_mtime_ns != stamp
     assert not [name for name in os.listdir(out) if name.endswith('.part')]
     with pytest.raises(FileNotFoundError, match='nothing-here'):
-        load_tool('infer_slide').main(
-            [config, checkpoint, str(tmp_path / 'nothing-here'), '--out', out])
+        segment_slides(config, checkpoint, [str(tmp_path / 'nothing-here')],
+                       out)
 
 
 # VmHWM: the peak RSS of this process's memory since its exec (ru_maxrss

@@ -11,7 +11,7 @@ from mmengine.config import Config
 from mmseg.registry import DATASETS
 from PIL import Image
 
-from protoprompt_mm.apis import infer_region, init_segmentor
+from protoprompt_mm.apis import infer_region, init_segmentor, segment_region
 from protoprompt_mm.datasets.stain import (RGB_FROM_HED, STAIN_SHIFTS,
                                            MacenkoNormalizer, apply_to_bgr,
                                            build_stain_normalizer,
@@ -23,7 +23,6 @@ from protoprompt_mm.datasets.transforms import (FixedStainShift,
                                                 MacenkoStainNormalize,
                                                 RandomHEDJitter)
 from protoprompt_mm.engine.hooks import StainTargetHook
-from tool_loading import load_tool
 from test_infer_region import (  # noqa: F401  (the fixture tiny_model_files)
     PerPixelModel, random_image, tiny_model_files)
 from test_manifest_training import CLASSES, make_patches
@@ -265,16 +264,16 @@ def test_infer_region_with_stain_normalisation(tiny_model_files, tmp_path):
     config, checkpoint, _, _ = tiny_model_files
     image_path, out_mask = tmp_path / 'region.png', tmp_path / 'mask.png'
     Image.fromarray(bgr[..., ::-1]).save(image_path)
-    args = [config, checkpoint, str(image_path), '--out-mask', str(out_mask),
-            '--out-overlay', str(tmp_path / 'overlay.png'), '--tile', '64',
-            '--overlap', '16']
-    load_tool('infer_region').main([*args, '--stain-norm', path])
+    files = [config, checkpoint, str(image_path), str(out_mask),
+             str(tmp_path / 'overlay.png')]
+    segment_region(*files, tile=64, overlap=16, stain_norm=path,
+                   progress=False)
     expected = infer_region(init_segmentor(config, checkpoint), normalised,
                             tile=64, overlap=16).argmax(0).numpy()
     assert np.array_equal(np.asarray(Image.open(out_mask)), expected)
     with pytest.raises(FileNotFoundError, match='nothing.png'):
-        load_tool('infer_region').main(
-            [*args, '--stain-norm', str(tmp_path / 'nothing.png')])
+        segment_region(*files, tile=64, overlap=16,
+                       stain_norm=str(tmp_path / 'nothing.png'))
 
 
 def write_stained_images(folder, count, matrix, size=(48, 48)):

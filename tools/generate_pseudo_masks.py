@@ -31,14 +31,9 @@ import os
 from mmengine.config import DictAction
 from mmengine.dist import init_dist, is_main_process
 
-from protoprompt_mm.apis import generate_pseudo_masks
+from protoprompt_mm.apis import generate_pseudo_masks, pseudo_mask_report
 from protoprompt_mm.datasets.transforms import THRESH_MODES
 from protoprompt_mm.utils import init_cpu_process_group, load_config
-
-GATING_TEXT = dict(
-    image_labels='gated by the image labels (file names or manifest)',
-    predicted='gated by the predicted image labels',
-    oracle='ORACLE: gated by the labels of the ground-truth masks')
 
 
 def parse_args() -> argparse.Namespace:
@@ -126,22 +121,9 @@ def main() -> None:
         gt_dir=args.gt_dir,
         save_cams=args.save_cams,
         force=args.force)
-    if not is_main_process():
-        return
-    print(f'\nWrote {record["num_images"]} pseudo masks of {args.split} to '
-          f'{args.out} ({GATING_TEXT[record["gating"]]})')
-    if 'mIoU' not in record:
-        print('No ground truth to score them')
-        return
-    oracle = ' [ORACLE labels]' if record['gating'] == 'oracle' else ''
-    per_class = ', '.join(f'{name} {100 * iou:.2f}'
-                          for name, iou in record['IoU'].items())
-    print(f'pseudo-mask mIoU{oracle}: {100 * record["mIoU"]:.2f} '
-          f'({per_class}; unlabelled GT tissue counts as a miss)\n'
-          f'precision mIoU{oracle}: {100 * record["precision_mIoU"]:.2f} '
-          f'(labelled pixels only); coverage{oracle}: '
-          f'{100 * record["coverage"]:.2f}% of GT tissue pixels got a class '
-          f'(GT: {record["gt_dir"]})')
+    if is_main_process():
+        print(f'\n{pseudo_mask_report(record, args.out)}')
+
 
 if __name__ == '__main__':
     main()

@@ -10,7 +10,8 @@
 Per slide, in ``--out``: ``<name>.tif`` (tiled pyramidal uint8 mask, class
 ids, 255 = not tissue), ``<name>.geojson`` (QuPath annotations),
 ``<name>_overlay.png`` and ``<name>.json`` (areas, MPP, tiles, seconds);
-see :mod:`protoprompt_mm.apis.slide_inference`. Slides are read at the
+see :mod:`protoprompt_mm.apis.slide_inference` and
+:mod:`protoprompt_mm.apis.slide_segmentation`. Slides are read at the
 model's training resolution: ``--model-mpp``, else the config's
 ``train_mpp``; ``--mpp`` gives the slides' own µm per pixel when their
 metadata lacks it. A folder run skips slides whose outputs are complete
@@ -20,16 +21,14 @@ the slides on its own GPU (``--device cuda`` becomes ``cuda:LOCAL_RANK``).
 slide) towards a reference image or the target a checkpoint carries.
 """
 import argparse
-import os
-from typing import List, Optional
 
 from mmengine.config import DictAction
 
-from protoprompt_mm.apis import infer_slides, init_segmentor, slides_in
-from protoprompt_mm.datasets.stain import build_stain_normalizer
+from protoprompt_mm.apis import (check_tiling, segment_slides,
+                                 torchrun_placement)
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+def parse_args() -> argparse.Namespace:
     """Parse the command line."""
     parser = argparse.ArgumentParser(
         description='Whole-slide segmentation with QuPath outputs')
@@ -58,12 +57,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help='redo slides whose outputs exist')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config keys')
-    args = parser.parse_args(argv)
-    if args.tile < 1 or not 0 <= args.overlap < args.tile:
-        parser.error(f'need --tile >= 1 and 0 <= --overlap < --tile, got '
-                     f'{args.tile} / {args.overlap}')
-    if args.batch_size < 1:
-        parser.error(f'--batch-size must be >= 1, got {args.batch_size}')
+    args = parser.parse_args()
+    try:
+        check_tiling(args.tile, args.overlap, args.batch_size)
+    except ValueError as error:
+        parser.error(f'--tile / --overlap / --batch-size: {error}')
     for name in ('mpp', 'model_mpp'):
         value = getattr(args, name)
         if value is not None and not value > 0:
@@ -72,28 +70,16 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def main() -> None:
     """Segment the slides this rank is given."""
-    args = parse_args(argv)
-    rank = int(os.environ.get('RANK', 0))
-    world_size = int(os.environ.get('WORLD_SIZE', 1))
-    device = args.device
-    if device == 'cuda':
-        device = f'cuda:{os.environ.get("LOCAL_RANK", 0)}'
-    slides = slides_in(args.slides)  # checks the inputs before any work
-    normalizer = None if args.stain_norm is None else \
-        build_stain_normalizer(args.stain_norm)
-    model = init_segmentor(args.config, args.checkpoint, device,
-                           args.cfg_options)
-    model_mpp = args.model_mpp or model.cfg.get('train_mpp')
-    if model_mpp is None:
-        raise ValueError(f'{args.config}: no train_mpp (µm per pixel of the '
-                         'training images); pass --model-mpp')
-    results = infer_slides(
-        model, slides, args.out, rank=rank, world_size=world_size,
-        force=args.force, model_mpp=model_mpp, slide_mpp=args.mpp,
-        tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
-        stain_normalizer=normalizer)
+    args = parse_args()
+    rank, world_size, device = torchrun_placement(args.device)
+    results = segment_slides(
+        args.config, args.checkpoint, args.slides, args.out, device=device,
+        rank=rank, world_size=world_size, force=args.force,
+        model_mpp=args.model_mpp, slide_mpp=args.mpp, tile=args.tile,
+        overlap=args.overlap, batch_size=args.batch_size,
+        stain_norm=args.stain_norm, cfg_options=args.cfg_options)
     for slide, stats in results.items():
         if stats.get('skipped'):
             continue

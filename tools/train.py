@@ -10,7 +10,7 @@ from mmengine.config import DictAction
 from mmengine.runner import Runner
 
 from mmseg.registry import RUNNERS
-from protoprompt_mm.engine.amp import AMP_CHOICES, AMP_DEFAULT, configure_amp
+from protoprompt_mm.engine.amp import add_amp_argument, configure_amp
 from protoprompt_mm.utils import (init_cpu_process_group, load_runner_config,
                                   set_training_start)
 
@@ -25,15 +25,7 @@ def parse_args() -> argparse.Namespace:
         help='continue the work dir: resume from its last checkpoint '
         '(load_from is then not used), or, when it has none, start a new '
         'run from load_from')
-    parser.add_argument(
-        '--amp',
-        nargs='?',
-        const=AMP_DEFAULT,
-        choices=(*AMP_CHOICES, AMP_DEFAULT),
-        metavar='{' + ','.join(AMP_CHOICES) + '}',
-        help='mixed-precision training on a GPU: --amp fp16 (GradScaler), '
-        '--amp bf16 (no loss scaling); plain --amp is fp16, or the '
-        "config's AMP settings if it has them. fp32 on a CPU-only machine")
+    add_amp_argument(parser)
     parser.add_argument(
         '--cfg-options',
         nargs='+',

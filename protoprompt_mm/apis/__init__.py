@@ -19,16 +19,19 @@ from .prototype_bank_building import (build_frozen_model, build_prototype_bank,
 from .pseudo_masks import (METRICS_FILE, PseudoMaskScorer,
                            build_label_dataset, gating_mode,
                            generate_pseudo_masks, pseudo_label_params,
-                           pseudo_mask_of)
+                           pseudo_mask_of, pseudo_mask_report)
 from .region_inference import (CANVAS_DTYPES, ProbabilityBlock,
                                array_tile_reader, background_mask,
-                               infer_region, label_map,
+                               check_tiling, infer_region, label_map,
                                stream_probabilities, tile_grid, tile_starts)
+from .region_segmentation import segment_region
+from .sample_panels import draw_sample_panels
 from .slide_inference import (infer_slide, infer_slides, is_finished,
                               output_paths, slides_in)
 from .slide_overlay import blend_overlay
 from .slide_reader import (ArrayReader, ImageReader, OpenSlideReader,
                            ResampledSlide, SlideReader, open_slide)
+from .slide_segmentation import segment_slides, torchrun_placement
 from .stain_shift import (stain_shift_table, stain_shift_test,
                           with_stain_normalization, with_stain_shift,
                           write_stain_shift_report)
@@ -49,7 +52,9 @@ __all__ = [
     'detect_tissue', 'gating_mode', 'generate_pseudo_masks', 'infer_region',
     'infer_slide', 'infer_slides', 'init_segmentor', 'is_finished',
     'label_map', 'label_polygons', 'open_slide', 'output_paths',
-    'pseudo_label_params', 'pseudo_mask_of', 'qupath_feature_collection',
+    'pseudo_label_params', 'pseudo_mask_of', 'pseudo_mask_report',
+    'qupath_feature_collection', 'check_tiling', 'draw_sample_panels',
+    'segment_region', 'segment_slides', 'torchrun_placement',
     'run_pipeline',
     'slides_in', 'stain_shift_table', 'stain_shift_test',
     'stream_probabilities', 'tile_grid', 'tile_has_tissue', 'tile_starts',

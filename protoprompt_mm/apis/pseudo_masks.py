@@ -57,7 +57,7 @@ from mmseg.registry import DATASETS, TRANSFORMS
 from mmseg.structures import SegDataSample
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..datasets.synthetic_histo import save_palette_mask
+from ..datasets.palette_masks import save_palette_mask
 from ..datasets.transforms import LoadHistoAnnotations, cams_to_pseudo_label
 from ..models.segmentors import CAMSegmentor
 from .model_loading import init_segmentor
@@ -65,6 +65,11 @@ from .model_loading import init_segmentor
 METRICS_FILE = 'pseudo_mask_metrics.json'
 PSEUDO_LABEL_DEFAULTS = dict(
     fg_thresh=None, thresh_mode='fixed', ignore_index=255)
+# What each gating (see gating_mode) means, in pseudo_mask_report's words.
+GATING_DESCRIPTIONS = dict(
+    image_labels='gated by the image labels (file names or manifest)',
+    predicted='gated by the predicted image labels',
+    oracle='ORACLE: gated by the labels of the ground-truth masks')
 
 
 def gating_mode(split: str, oracle_labels: bool = False) -> str:
@@ -493,3 +498,34 @@ def generate_pseudo_masks(cfg: Config,
         with open(osp.join(out, METRICS_FILE), 'w') as f:
             json.dump(record, f, indent=2)
     return record
+
+
+def pseudo_mask_report(record: Dict[str, object], out: str) -> str:
+    """What a :func:`generate_pseudo_masks` run wrote, and its scores.
+
+    Args:
+        record: The run's return value.
+        out: The folder it wrote to.
+
+    Returns:
+        str: Lines naming the masks, the split and the gating; with ground
+        truth, the mIoU (per class), precision mIoU and coverage in
+        percent, marked ``[ORACLE labels]`` after an oracle gating.
+    """
+    lines = [f'Wrote {record["num_images"]} pseudo masks of '
+             f'{record["split"]} to {out} '
+             f'({GATING_DESCRIPTIONS[record["gating"]]})']
+    if 'mIoU' not in record:
+        return '\n'.join([*lines, 'No ground truth to score them'])
+    oracle = ' [ORACLE labels]' if record['gating'] == 'oracle' else ''
+    per_class = ', '.join(f'{name} {100 * iou:.2f}'
+                          for name, iou in record['IoU'].items())
+    lines += [
+        f'pseudo-mask mIoU{oracle}: {100 * record["mIoU"]:.2f} '
+        f'({per_class}; unlabelled GT tissue counts as a miss)',
+        f'precision mIoU{oracle}: {100 * record["precision_mIoU"]:.2f} '
+        f'(labelled pixels only); coverage{oracle}: '
+        f'{100 * record["coverage"]:.2f}% of GT tissue pixels got a class '
+        f'(GT: {record["gt_dir"]})'
+    ]
+    return '\n'.join(lines)

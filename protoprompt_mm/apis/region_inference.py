@@ -71,6 +71,24 @@ def tile_grid(height: int, width: int, tile: int,
             tile_starts(max(width, tile), tile, stride))
 
 
+def check_tiling(tile: int, overlap: int, batch_size: int) -> None:
+    """Refuse tiling arguments :func:`stream_probabilities` cannot run.
+
+    Args:
+        tile: Tile side, at least 1.
+        overlap: Pixels shared by neighbouring tiles, in [0, tile).
+        batch_size: Tiles per forward pass, at least 1.
+
+    Raises:
+        ValueError: Naming the argument out of range and its value.
+    """
+    if not 0 <= overlap < tile:
+        raise ValueError(f'need tile >= 1 and 0 <= overlap < tile, got '
+                         f'tile={tile}, overlap={overlap}')
+    if batch_size < 1:
+        raise ValueError(f'batch_size must be >= 1, got {batch_size}')
+
+
 def tile_weights(length: int, starts: Sequence[int], tile: int,
                  overlap: int) -> List[Tensor]:
     """One-axis cross-fade window of every tile.
@@ -114,7 +132,7 @@ def label_map(probs: Tensor, band: int = 256) -> np.ndarray:
                          f'{probs.shape[0]}')
     labels = np.empty(probs.shape[1:], dtype=np.uint8)
     for y in range(0, probs.shape[1], band):
-        labels[y:y + band] = probs[:, y:y + band].argmax(dim=0).numpy()
+        labels[y:y + band] = probs[:, y:y + band].numpy().argmax(axis=0)
     return labels
 
 
@@ -192,7 +210,9 @@ def _tile_probabilities(model: nn.Module, read_tile: TileReader,
             tiles = upcoming.result()
             if k + 1 < len(batches):
                 upcoming = reader.submit(read, batches[k + 1])
-            probs = _tile_logits(model, tiles).float().softmax(dim=1).cpu()
+            with torch.no_grad():
+                probs = _tile_logits(model, tiles).float().softmax(
+                    dim=1).cpu()
             for (i, j, _, _), prob in zip(batch, probs):
                 yield i, j, prob
             if bar is not None:
@@ -206,45 +226,57 @@ class _TileRowBlender:
     are finished once the row's tiles are in (no later tile row reaches
     them), the rest is handed on as the next row's carried band. Tiles
     arrive left to right; everything left of the newest tile's column is
-    finished, so only a tile-sized window of the row is kept.
+    finished, so only a tile-sized window of the row is kept. The window is
+    two preallocated buffers swapped at each tile and blended in place
+    (NumPy float32), so a tile costs no new allocation but its output.
     """
 
     def __init__(self, top: int, done_to: int, tile: int, width: int,
-                 carried: Optional[Tuple[Tensor, Tensor]],
+                 carried: Optional[Tuple[np.ndarray, np.ndarray]],
                  num_classes: int) -> None:
         self.top, self.done_to, self.tile, self.width = (top, done_to, tile,
                                                          width)
         self.carried = carried  # (probs (N, P, W), weights (P, W)) or None
-        self.window = torch.zeros(num_classes, tile, tile)
-        self.window_weights = torch.zeros(tile, tile)
+        self.window = np.zeros((num_classes, tile, tile), np.float32)
+        self.window_weights = np.zeros((tile, tile), np.float32)
+        self._spare = (np.empty_like(self.window),
+                       np.empty_like(self.window_weights))
         self.window_x = 0
         self.done_x = 0
         tail = top + tile - done_to
-        self.band = (torch.zeros(num_classes, tail, width),
-                     torch.zeros(tail, width))
+        self.band = (np.zeros((num_classes, tail, width), np.float32),
+                     np.zeros((tail, width), np.float32))
 
-    def add(self, x: int, prob: Tensor,
-            weight: Tensor) -> Iterator[Tuple[int, Tensor, Tensor]]:
-        """Blend a tile at column ``x``; yields finished column chunks."""
+    def add(self, x: int, prob: np.ndarray,
+            weight: np.ndarray) -> Iterator[Tuple[int, np.ndarray,
+                                                  np.ndarray]]:
+        """Blend a tile (N, t, t) at column ``x`` with its (t, t) weights;
+        yields finished column chunks (see :meth:`finish`)."""
         yield from self.finish(x)
         shift = x - self.window_x
-        window = torch.zeros_like(self.window)
-        weights = torch.zeros_like(self.window_weights)
+        window, weights = self._spare
+        window.fill(0)
+        weights.fill(0)
         if 0 <= shift < self.tile:
             window[:, :, :self.tile - shift] = self.window[:, :, shift:]
             weights[:, :self.tile - shift] = self.window_weights[:, shift:]
+        self._spare = (self.window, self.window_weights)
+        self.window, self.window_weights, self.window_x = window, weights, x
         window += prob * weight
         weights += weight
-        self.window, self.window_weights, self.window_x = window, weights, x
 
-    def finish(self, to_x: int) -> Iterator[Tuple[int, Tensor, Tensor]]:
+    def finish(self, to_x: int
+               ) -> Iterator[Tuple[int, np.ndarray, np.ndarray]]:
         """Emit columns ``[done_x, to_x)`` in chunks of at most a tile:
         yields ``(x, probs (N, rows, w), weights (rows, w))`` of the
-        finished rows, and keeps their tail in the band."""
+        finished rows (new arrays, the caller's to keep), and keeps their
+        tail in the band."""
+        head = self.done_to - self.top
         for x0 in range(self.done_x, to_x, self.tile):
             x1 = min(x0 + self.tile, to_x)
-            probs = torch.zeros(self.window.shape[0], self.tile, x1 - x0)
-            weights = torch.zeros(self.tile, x1 - x0)
+            probs = np.zeros((self.window.shape[0], self.tile, x1 - x0),
+                             np.float32)
+            weights = np.zeros((self.tile, x1 - x0), np.float32)
             lo, hi = max(x0, self.window_x), min(x1,
                                                  self.window_x + self.tile)
             if lo < hi:
@@ -257,7 +289,6 @@ class _TileRowBlender:
                 rows = carried_weights.shape[0]
                 probs[:, :rows] += carried_probs[:, :, x0:x1]
                 weights[:rows] += carried_weights[:, x0:x1]
-            head = self.done_to - self.top
             self.band[0][:, :, x0:x1] = probs[:, head:]
             self.band[1][:, x0:x1] = weights[head:]
             yield x0, probs[:, :head], weights[:head]
@@ -295,16 +326,13 @@ def stream_probabilities(model: nn.Module,
         tile row (up to the next tile row's top) in chunks of at most
         ``tile`` columns, left to right; together they tile the image.
     """
-    if not 0 <= overlap < tile:
-        raise ValueError(f'stream_probabilities: need 0 <= overlap < tile, '
-                         f'got overlap={overlap}, tile={tile}')
-    if batch_size < 1:
-        raise ValueError(f'stream_probabilities: batch_size must be >= 1, '
-                         f'got {batch_size}')
+    check_tiling(tile, overlap, batch_size)
     grid_h, grid_w = max(height, tile), max(width, tile)
     rows, cols = tile_grid(height, width, tile, overlap)
-    row_windows = tile_weights(grid_h, rows, tile, overlap)
-    col_windows = tile_weights(grid_w, cols, tile, overlap)
+    row_windows = [w.numpy() for w in tile_weights(grid_h, rows, tile,
+                                                   overlap)]
+    col_windows = [w.numpy() for w in tile_weights(grid_w, cols, tile,
+                                                   overlap)]
     positions = [(i, j, y, x) for i, y in enumerate(rows)
                  for j, x in enumerate(cols)
                  if run_tile is None or run_tile(y, x)]
@@ -321,7 +349,7 @@ def stream_probabilities(model: nn.Module,
         while pending is not None and pending[0] == i:
             _, j, prob = pending
             weight = row_windows[i][:, None] * col_windows[j][None, :]
-            for chunk in blender.add(cols[j], prob, weight):
+            for chunk in blender.add(cols[j], prob.numpy(), weight):
                 yield from _finished_block(top, chunk, rows_out, width)
             pending = next(tiles, None)
         for chunk in blender.finish(grid_w):
@@ -329,10 +357,10 @@ def stream_probabilities(model: nn.Module,
         carried = blender.band
 
 
-def _finished_block(top: int, chunk: Tuple[int, Tensor, Tensor],
+def _finished_block(top: int, chunk: Tuple[int, np.ndarray, np.ndarray],
                     rows_out: int, width: int) -> Iterator[ProbabilityBlock]:
-    """The part of a finished chunk inside the image, normalised by its
-    summed weights (nothing for a chunk wholly in the padding)."""
+    """The part of a finished chunk inside the image, normalised in place
+    by its summed weights (nothing for a chunk wholly in the padding)."""
     x, probs, weights = chunk
     cols_out = min(x + probs.shape[2], width) - x
     if rows_out <= 0 or cols_out <= 0:
@@ -340,9 +368,10 @@ def _finished_block(top: int, chunk: Tuple[int, Tensor, Tensor],
     probs, weights = (probs[:, :rows_out, :cols_out],
                       weights[:rows_out, :cols_out])
     covered = weights > 0
-    yield ProbabilityBlock(y=top, x=x,
-                           probs=probs / torch.where(covered, weights, 1.0),
-                           covered=covered)
+    # Uncovered pixels have probs 0 and stay 0.
+    probs /= np.maximum(weights, np.finfo(np.float32).tiny)
+    yield ProbabilityBlock(y=top, x=x, probs=torch.from_numpy(probs),
+                           covered=torch.from_numpy(covered))
 
 
 def array_tile_reader(image: np.ndarray, tile: int,

@@ -46,6 +46,7 @@ from shapely.geometry import box as shapely_box
 from torch import nn
 
 from protoprompt_mm.datasets.stain import MacenkoNormalizer
+from protoprompt_mm.utils.atomic_write import atomic_path
 from .geojson_export import (NOT_TISSUE, label_polygons,
                              qupath_feature_collection, write_geojson)
 from .mask_tiff_writer import write_pyramidal_mask
@@ -96,17 +97,6 @@ def _stain_mapping(normalizer: MacenkoNormalizer, view: ResampledSlide,
     return normalizer.fit(pooled, where=f'{where} (stain normalisation)')
 
 
-def _atomic_write(path: str, write) -> None:
-    """``write(tmp_path)`` then rename onto ``path``."""
-    part = path + '.part'
-    try:
-        write(part)
-        os.replace(part, path)
-    finally:
-        if osp.exists(part):
-            os.remove(part)
-
-
 @torch.no_grad()
 def infer_slide(model: nn.Module,
                 slide: str,
@@ -118,7 +108,7 @@ def infer_slide(model: nn.Module,
                 batch_size: int = 8,
                 stain_normalizer: Optional[MacenkoNormalizer] = None,
                 thumbnail_side: int = 2048,
-                vector_side: int = 4096,
+                vector_side: int = 2048,
                 mask_tile: int = 512,
                 progress: bool = True) -> dict:
     """Segment one slide and write its four outputs.
@@ -159,8 +149,8 @@ def infer_slide(model: nn.Module,
                          overlap, batch_size, stain_normalizer,
                          thumbnail_side, vector_side, mask_tile, progress)
     stats['seconds'] = round(time.perf_counter() - start, 2)
-    _atomic_write(paths['.json'],
-                  lambda part: _dump_json(part, stats))
+    with atomic_path(paths['.json']) as part:
+        _dump_json(part, stats)
     return stats
 
 
@@ -246,7 +236,7 @@ def _segment(model: nn.Module, reader: SlideReader, paths: Dict[str, str],
             if block.y != strip_top:
                 strip = np.full((h, width), NOT_TISSUE, np.uint8)
                 strip_top = block.y
-            labels = block.probs.argmax(dim=0).to(torch.uint8).numpy()
+            labels = block.probs.numpy().argmax(axis=0).astype(np.uint8)
             keep = block.covered.numpy() & upsample_tissue(
                 tissue, (block.x, block.y, w, h), (height, width))
             strip[:, block.x:block.x + w] = np.where(keep, labels,
@@ -271,8 +261,8 @@ def _segment(model: nn.Module, reader: SlideReader, paths: Dict[str, str],
     write_geojson(paths['.geojson'], qupath_feature_collection(
         polygons, classes, meta['palette']))
     overlay = blend_overlay(thumbnail, low, meta['palette'][:num_classes])
-    _atomic_write(paths['_overlay.png'],
-                  lambda part: _write_png(part, overlay))
+    with atomic_path(paths['_overlay.png']) as part:
+        _write_png(part, overlay)
     pixel_mm2 = (model_mpp / 1000) ** 2
     class_areas = {name: float(counts[i]) * pixel_mm2
                    for i, name in enumerate(classes)}

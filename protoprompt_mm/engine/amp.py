@@ -1,4 +1,5 @@
 """Mixed precision of a training config (``tools/train.py --amp``)."""
+import argparse
 import logging
 from typing import Optional
 
@@ -17,6 +18,27 @@ AMP_WRAPPERS = {
 }
 FP32_WRAPPERS = {amp: fp32 for fp32, amp in AMP_WRAPPERS.items()}
 AMP_ONLY_KEYS = ('loss_scale', 'dtype', 'use_fsdp')
+
+
+def add_amp_argument(parser: argparse.ArgumentParser) -> None:
+    """Add ``--amp [{fp16,bf16}]`` to a command line.
+
+    The parsed ``amp`` is None without the flag, :data:`AMP_DEFAULT` for a
+    plain ``--amp``, else the precision named, as :func:`configure_amp`
+    takes it; argparse refuses any other value.
+
+    Args:
+        parser: The command line's parser.
+    """
+    parser.add_argument(
+        '--amp',
+        nargs='?',
+        const=AMP_DEFAULT,
+        choices=(*AMP_CHOICES, AMP_DEFAULT),
+        metavar='{' + ','.join(AMP_CHOICES) + '}',
+        help='mixed-precision training on a GPU: --amp fp16 (GradScaler), '
+        '--amp bf16 (no loss scaling); plain --amp is fp16, or the '
+        "config's AMP settings if it has them. fp32 on a CPU-only machine")
 
 
 def configure_amp(cfg: Config,
