@@ -14,7 +14,8 @@ from mmseg.structures import SegDataSample
 from PIL import Image
 
 from protoprompt_mm.apis import (background_mask, check_tiling, infer_region,
-                                 init_segmentor, label_map, tile_starts)
+                                 init_segmentor, label_map, segment_region,
+                                 tile_starts)
 from protoprompt_mm.datasets import BCSSWSSSDataset
 from protoprompt_mm.utils import load_config
 
@@ -190,6 +191,22 @@ def test_palette_falls_back_to_the_config_dataset(tiny_model_files):
     assert model.dataset_meta['palette'] == \
         BCSSWSSSDataset.METAINFO['palette']
     assert not model.training
+
+
+def test_classes_and_colours_must_be_known(tiny_model_files, tmp_path):
+    config, _, checkpoint, _ = tiny_model_files
+    datasetless = tmp_path / 'datasetless.py'
+    datasetless.write_text(f"_base_ = [{config!r}]\n"
+                           'test_dataloader = None\nval_dataloader = None\n')
+    image = tmp_path / 'image.png'
+    Image.fromarray(random_image(40, 40)).save(image)
+    with pytest.raises(KeyError, match='no_meta.pth.*no classes and palette'):
+        segment_region(str(datasetless), checkpoint, str(image),
+                       str(tmp_path / 'mask.png'), str(tmp_path / 'o.png'),
+                       tile=32, overlap=8, progress=False)
+    with pytest.raises(ValueError, match=r'alpha \(--alpha\)'):
+        segment_region(config, checkpoint, str(image), 'm.png', 'o.png',
+                       alpha=1.5)
 
 
 def test_init_segmentor_loads_local_files_strictly(tiny_model_files,

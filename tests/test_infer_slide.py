@@ -192,6 +192,14 @@ def test_slide_without_mpp_needs_mpp(slides, tiny_model_files, tmp_path):
     assert is_finished(out, png)
 
 
+def test_mpp_out_of_range_is_refused_before_the_model_loads(tmp_path):
+    # No config or checkpoint exists: the check must come first.
+    for mpp in dict(model_mpp=0.0), dict(slide_mpp=-0.25):
+        with pytest.raises(ValueError, match='must be > 0'):
+            segment_slides('none.py', 'none.pth', [str(tmp_path)],
+                           str(tmp_path / 'out'), **mpp)
+
+
 def test_stain_normalisation_is_fitted_once_per_slide(slides,
                                                       tiny_model_files,
                                                       tmp_path):
@@ -278,7 +286,8 @@ def test_peak_memory_stays_flat_as_the_slide_grows(tmp_path):
     """A 4x taller slide, all tissue, the polygon map capped alike (as it is
     for every slide larger than vector_side): a full-size float canvas
     would add (5 + 1) * 4 B * 6144 * 512 = 72 MiB, the uint8 mask 3 MiB;
-    the stream adds (almost) nothing (measured: +6 MiB)."""
+    the stream adds (almost) nothing (measured: +6 MiB alone, +27 MiB
+    beside another test worker: allocator noise, hence the 40 MiB bound)."""
     peaks = []
     for height in (2048, 8192):
         rgb, _ = synthetic_slide(height, 512, seed=2,
@@ -287,4 +296,4 @@ def test_peak_memory_stays_flat_as_the_slide_grows(tmp_path):
                                      0.25, levels=(1, 4, 16))
         del rgb
         peaks.append(peak_rss_kib(slide, str(tmp_path / f'out{height}')))
-    assert peaks[1] - peaks[0] < 24 * 1024, peaks
+    assert peaks[1] - peaks[0] < 40 * 1024, peaks

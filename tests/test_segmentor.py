@@ -61,7 +61,22 @@ def test_train_and_val_step_with_momentum_bank():
     assert int(model.neck.num_updates) == 1  # no updates outside training
 
 
+def test_momentum_update_survives_a_rebuilt_neck_output():
+    # A wrapper that rebuilds the neck's PromptedFeatures as a plain tuple
+    # must not silently skip the prototype update.
+    torch.manual_seed(0)
+    model = MODELS.build(tiny_model_cfg(loss_decode=dict(
+        type='CrossEntropyLoss', avg_non_ignore=True)))
+    extract_feat = model.extract_feat
+    model.extract_feat = lambda inputs: tuple(extract_feat(inputs))
+    before = model.neck.prototypes.clone()
+    train_one_step(model, make_batch())
+    assert int(model.neck.num_updates) == 1
+    assert not torch.allclose(model.neck.prototypes, before)
+
+
 def test_learned_bank_trains_prototypes_through_the_loss():
+    torch.manual_seed(0)
     cfg = tiny_model_cfg(loss_decode=dict(
         type='CrossEntropyLoss', avg_non_ignore=True))
     cfg.neck.update_mode = 'learned'

@@ -62,8 +62,6 @@ def parse_args() -> argparse.Namespace:
         check_tiling(args.tile, args.overlap, args.batch)
     except ValueError as error:
         parser.error(f'--tile / --overlap / --batch: {error}')
-    if not 0 <= args.alpha <= 1:
-        parser.error(f'--alpha must be in [0, 1], got {args.alpha}')
     return args
 
 

@@ -62,11 +62,6 @@ def parse_args() -> argparse.Namespace:
         check_tiling(args.tile, args.overlap, args.batch_size)
     except ValueError as error:
         parser.error(f'--tile / --overlap / --batch-size: {error}')
-    for name in ('mpp', 'model_mpp'):
-        value = getattr(args, name)
-        if value is not None and not value > 0:
-            parser.error(f'--{name.replace("_", "-")} must be > 0, got '
-                         f'{value}')
     return args
 
 

@@ -10,7 +10,7 @@ from protoprompt_mm.apis import (stain_shift_table, stain_shift_test,
                                  with_stain_normalization,
                                  write_stain_shift_report)
 from protoprompt_mm.datasets.stain import STAIN_SHIFTS
-from protoprompt_mm.utils import load_runner_config
+from protoprompt_mm.utils import load_runner_config, set_test_options
 
 
 def parse_args() -> argparse.Namespace:
@@ -58,38 +58,15 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def enable_visualization(cfg, args: argparse.Namespace) -> None:
-    hook = cfg.default_hooks.get('visualization')
-    if hook is None:
-        raise KeyError("--show/--show-dir need default_hooks.visualization="
-                       "dict(type='SegVisualizationHook') in the config")
-    hook['draw'] = True
-    if args.show:
-        hook['show'] = True
-        hook['wait_time'] = args.wait_time
-    if args.show_dir:
-        cfg.visualizer['save_dir'] = args.show_dir
-
-
 def main() -> None:
     args = parse_args()
     cfg = load_runner_config(args.config, args.cfg_options, args.launcher,
                              args.work_dir)
-    cfg.load_from = args.checkpoint
-    if args.show or args.show_dir:
-        enable_visualization(cfg, args)
-    if args.tta:
-        if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
-            raise KeyError('--tta needs tta_model and tta_pipeline in the '
-                           f'config {args.config}')
-        cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
-        cfg.tta_model.module = cfg.model
-        cfg.model = cfg.tta_model
+    set_test_options(cfg, args.checkpoint, show=args.show,
+                     show_dir=args.show_dir, wait_time=args.wait_time,
+                     tta=args.tta, out=args.out)
     if args.stain_norm is not None:
         cfg = with_stain_normalization(cfg, args.stain_norm)
-    if args.out is not None:
-        cfg.test_evaluator['output_dir'] = args.out
-        cfg.test_evaluator['keep_results'] = True
     if args.stain_shift is None:
         Runner.from_cfg(cfg).test()
         return

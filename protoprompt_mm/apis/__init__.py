@@ -8,7 +8,8 @@ from .geojson_export import (label_polygons, qupath_feature_collection,
 from .image_bank_encoding import (encode_image_bank, find_prototype_bank,
                                   prototype_embedder)
 from .mask_tiff_writer import write_pyramidal_mask
-from .model_loading import config_dataset_meta, init_segmentor
+from .model_loading import (config_dataset_meta, init_segmentor,
+                            require_dataset_meta)
 from .pipeline import (PRESETS, Pipeline, PipelineError, aggregate,
                        format_results_table, run_pipeline)
 from .prototype_bank_building import (build_frozen_model, build_prototype_bank,
@@ -51,6 +52,7 @@ __all__ = [
     'prototype_embedder', 'save_prototype_file',
     'detect_tissue', 'gating_mode', 'generate_pseudo_masks', 'infer_region',
     'infer_slide', 'infer_slides', 'init_segmentor', 'is_finished',
+    'require_dataset_meta',
     'label_map', 'label_polygons', 'open_slide', 'output_paths',
     'pseudo_label_params', 'pseudo_mask_of', 'pseudo_mask_report',
     'qupath_feature_collection', 'check_tiling', 'draw_sample_panels',

@@ -43,6 +43,31 @@ def config_dataset_meta(cfg: Config) -> Optional[dict]:
     return None
 
 
+def require_dataset_meta(model: nn.Module, source: str) -> dict:
+    """The model's ``dataset_meta``, which must name classes and colours.
+
+    Args:
+        model: A segmentor from :func:`init_segmentor` (or any module with
+            ``dataset_meta``).
+        source: What the model was loaded from, for the error (e.g. the
+            checkpoint and config files).
+
+    Returns:
+        dict: ``model.dataset_meta``, with ``classes`` and ``palette``.
+
+    Raises:
+        KeyError: If it lacks either.
+    """
+    meta = getattr(model, 'dataset_meta', None) or {}
+    if 'classes' not in meta or 'palette' not in meta:
+        raise KeyError(
+            f"{source}: the model's dataset_meta has no classes and "
+            "palette: neither the checkpoint's meta['dataset_meta'] nor the "
+            "config's test_dataloader.dataset / val_dataloader.dataset names "
+            'them; cannot name or colour the classes')
+    return meta
+
+
 def init_segmentor(config: Union[str, Config],
                    checkpoint: Optional[str] = None,
                    device: str = 'cpu',

@@ -389,7 +389,6 @@ def array_tile_reader(image: np.ndarray, tile: int,
     return read
 
 
-@torch.no_grad()
 def infer_region(model: nn.Module,
                  image: np.ndarray,
                  tile: int = 224,

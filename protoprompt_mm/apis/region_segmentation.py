@@ -24,7 +24,7 @@ from ..datasets.palette_masks import save_palette_mask
 from ..datasets.stain import build_stain_normalizer
 from ..visualization import colorize_labels
 from ..visualization.overlays import BACKGROUND_COLOR
-from .model_loading import init_segmentor
+from .model_loading import init_segmentor, require_dataset_meta
 from .region_inference import (background_mask, check_tiling, infer_region,
                                label_map)
 
@@ -74,25 +74,23 @@ def segment_region(config: Union[str, Config],
         ``'background'``), in class order.
 
     Raises:
-        ValueError: On tiling arguments out of range, or a palette with
-            fewer colours than the model has classes.
+        ValueError: On tiling arguments or ``alpha`` out of range, or a
+            palette with fewer colours than the model has classes.
         FileNotFoundError: If ``image_path`` is not a readable image, or
             ``stain_norm`` names no file.
         KeyError: If neither the checkpoint nor the config names the
             classes and their colours.
     """
     check_tiling(tile, overlap, batch_size)
+    if not 0 <= alpha <= 1:
+        raise ValueError(f'alpha (--alpha) must be in [0, 1], got {alpha}')
     image = mmcv.imread(image_path)  # BGR, like LoadImageFromFile
     if image is None:
         raise FileNotFoundError(f'{image_path}: not a readable image')
     normalizer = None if stain_norm is None else \
         build_stain_normalizer(stain_norm)
     model = init_segmentor(config, checkpoint, device, cfg_options)
-    if model.dataset_meta is None:
-        raise KeyError(
-            f"{checkpoint}: no meta['dataset_meta'] and {model.cfg.filename}"
-            ': no test_dataloader.dataset / val_dataloader.dataset with '
-            'classes and a palette; cannot colour the classes')
+    meta = require_dataset_meta(model, f'{checkpoint} / {model.cfg.filename}')
     start = time.perf_counter()
     probs = infer_region(
         model,
@@ -104,7 +102,7 @@ def segment_region(config: Union[str, Config],
         progress=progress,
         stain_normalizer=normalizer)
     num_classes = probs.shape[0]
-    palette = model.dataset_meta['palette']
+    palette = meta['palette']
     if len(palette) < num_classes:
         raise ValueError(f'{checkpoint} / {model.cfg.filename}: palette has '
                          f'{len(palette)} colours for {num_classes} classes')
@@ -118,7 +116,7 @@ def segment_region(config: Union[str, Config],
                               0)
     mmcv.imwrite(mmcv.rgb2bgr(overlay), out_overlay)
     counts = np.bincount(labels.ravel(), minlength=num_classes + 1)
-    names = [*model.dataset_meta['classes'][:num_classes], 'background']
+    names = [*meta['classes'][:num_classes], 'background']
     return dict(
         width=image.shape[1],
         height=image.shape[0],

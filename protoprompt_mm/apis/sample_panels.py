@@ -31,7 +31,7 @@ from mmengine.config import Config
 from mmseg.models.utils import resize
 from mmseg.registry import DATASETS, VISUALIZERS
 
-from ..models.necks import PromptedFeatures
+from ..models.necks import PrototypeBank, as_prompted_features
 from ..models.segmentors import CAMSegmentor
 from ..visualization import colorize_labels, heatmap_overlay, make_panel
 from .model_loading import init_segmentor
@@ -141,8 +141,10 @@ def draw_sample_panels(cfg: Config,
 
         feats = model.extract_feat(
             model.data_preprocessor(data, False)['inputs'])
-        if isinstance(feats, PromptedFeatures):
-            sims = resize(feats.similarity, size=image.shape[:2],
+        if isinstance(getattr(model, 'neck', None), PrototypeBank):
+            similarity = as_prompted_features(
+                feats, 'draw_sample_panels').similarity
+            sims = resize(similarity, size=image.shape[:2],
                           mode='bilinear')[0]
             sims = ((sims + 1) / 2).cpu().numpy()  # cosine -> [0, 1]
             _write_rgb(

@@ -40,7 +40,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
-import torch
 from mmengine.logging import print_log
 from shapely.geometry import box as shapely_box
 from torch import nn
@@ -50,6 +49,7 @@ from protoprompt_mm.utils.atomic_write import atomic_path
 from .geojson_export import (NOT_TISSUE, label_polygons,
                              qupath_feature_collection, write_geojson)
 from .mask_tiff_writer import write_pyramidal_mask
+from .model_loading import require_dataset_meta
 from .region_inference import stream_probabilities, tile_grid
 from .slide_overlay import blend_overlay
 from .slide_reader import ResampledSlide, SlideReader, open_slide
@@ -97,7 +97,6 @@ def _stain_mapping(normalizer: MacenkoNormalizer, view: ResampledSlide,
     return normalizer.fit(pooled, where=f'{where} (stain normalisation)')
 
 
-@torch.no_grad()
 def infer_slide(model: nn.Module,
                 slide: str,
                 out_dir: str,
@@ -138,10 +137,7 @@ def infer_slide(model: nn.Module,
         dict: What ``<name>.json`` holds.
     """
     start = time.perf_counter()
-    meta = getattr(model, 'dataset_meta', None) or {}
-    if 'classes' not in meta or 'palette' not in meta:
-        raise KeyError('infer_slide: the model has no dataset_meta with '
-                       'classes and palette (see init_segmentor)')
+    meta = require_dataset_meta(model, f'infer_slide({slide})')
     os.makedirs(out_dir, exist_ok=True)
     paths = output_paths(out_dir, slide)
     with open_slide(slide, slide_mpp) as reader:

@@ -80,12 +80,17 @@ def segment_slides(config: Union[str, Config],
         finished before (see :func:`~.slide_inference.infer_slides`).
 
     Raises:
-        ValueError: On tiling arguments out of range, or without
-            ``model_mpp`` when the config has no ``train_mpp``.
+        ValueError: On tiling arguments out of range, a ``model_mpp`` or
+            ``slide_mpp`` not above 0, or without ``model_mpp`` when the
+            config has no ``train_mpp``.
         FileNotFoundError: If an input or ``stain_norm`` does not exist.
         RuntimeError: After the others ran, naming every slide that failed.
     """
     check_tiling(tile, overlap, batch_size)
+    for name, flag, value in (('model_mpp', '--model-mpp', model_mpp),
+                              ('slide_mpp', '--mpp', slide_mpp)):
+        if value is not None and not value > 0:
+            raise ValueError(f'{name} ({flag}) must be > 0, got {value}')
     slides = slides_in(inputs)
     normalizer = None if stain_norm is None else \
         build_stain_normalizer(stain_norm)

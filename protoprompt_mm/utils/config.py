@@ -177,3 +177,56 @@ def check_load_from(load_from: Optional[str], hint: str) -> None:
     if not osp.isfile(osp.expanduser(load_from)):
         raise FileNotFoundError(
             f'load_from={load_from} does not exist; {hint}')
+
+
+def set_test_options(cfg: Config,
+                     checkpoint: str,
+                     show: bool = False,
+                     show_dir: Optional[str] = None,
+                     wait_time: float = 2,
+                     tta: bool = False,
+                     out: Optional[str] = None) -> Config:
+    """Set what ``tools/test.py``'s flags ask for, as mmseg's does.
+
+    Args:
+        cfg: A config from :func:`load_runner_config` (modified).
+        checkpoint: The tested checkpoint (``load_from``).
+        show: Show the prediction overlays (``--show``).
+        show_dir: Save the overlays there (``--show-dir``).
+        wait_time: Seconds each shown overlay stays (``--wait-time``).
+        tta: Test-time augmentation: the config's ``tta_model`` around its
+            model, its ``tta_pipeline`` for the test set (``--tta``).
+        out: Save the predicted masks there as PNGs (``--out``).
+
+    Returns:
+        Config: ``cfg``.
+
+    Raises:
+        KeyError: If ``show`` / ``show_dir`` is set without
+            ``default_hooks.visualization``, or ``tta`` without
+            ``tta_model`` and ``tta_pipeline``.
+    """
+    cfg.load_from = checkpoint
+    if show or show_dir:
+        hook = cfg.default_hooks.get('visualization')
+        if hook is None:
+            raise KeyError(
+                '--show/--show-dir need default_hooks.visualization='
+                f"dict(type='SegVisualizationHook') in {cfg.filename}")
+        hook['draw'] = True
+        if show:
+            hook['show'] = True
+            hook['wait_time'] = wait_time
+        if show_dir:
+            cfg.visualizer['save_dir'] = show_dir
+    if tta:
+        if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
+            raise KeyError('--tta needs tta_model and tta_pipeline in the '
+                           f'config {cfg.filename}')
+        cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+        cfg.tta_model.module = cfg.model
+        cfg.model = cfg.tta_model
+    if out is not None:
+        cfg.test_evaluator['output_dir'] = out
+        cfg.test_evaluator['keep_results'] = True
+    return cfg

@@ -6,7 +6,7 @@ from mmseg.registry import MODELS
 from mmseg.utils import SampleList
 from torch import Tensor
 
-from ..necks.prompted_features import PromptedFeatures
+from ..necks.prompted_features import as_prompted_features
 from ..necks.prototype_bank import PrototypeBank
 from .finite_loss import FiniteLossMixin
 
@@ -27,11 +27,11 @@ class ProtoPromptSegmentor(FiniteLossMixin, EncoderDecoder):
                                    data_samples: SampleList) -> dict:
         losses = super()._decode_head_forward_train(inputs, data_samples)
         neck = self.neck if self.with_neck else None
-        if (isinstance(neck, PrototypeBank) and neck.update_mode == 'momentum'
-                and isinstance(inputs, PromptedFeatures)):
+        if isinstance(neck, PrototypeBank) and neck.update_mode == 'momentum':
+            prompted = as_prompted_features(inputs, type(self).__name__)
             seg_label = self.decode_head._stack_batch_gt(data_samples)
             neck.momentum_update(
-                inputs.embedding,
+                prompted.embedding,
                 seg_label,
                 ignore_index=self.decode_head.ignore_index)
         return losses
