@@ -91,9 +91,11 @@ def test_image_level_labels_sources():
 
 def test_image_level_labels_errors_name_file():
     transform = LoadImageLevelLabels(num_classes=4)
-    with pytest.raises(ValueError, match='no image-level labels') as e:
-        transform(dict(img_path='val/nolabel.png'))
-    assert 'nolabel.png' in str(e.value)
+    # A dataset's sample: stored labels (None) or a mask path it carries.
+    for sample in (dict(img_labels=None), dict(seg_map_path='m.png')):
+        with pytest.raises(ValueError, match='no image-level labels') as e:
+            transform(dict(img_path='val/nolabel.png', **sample))
+        assert 'nolabel.png' in str(e.value)
     with pytest.raises(ValueError, match='4 flags') as e:
         transform(dict(img_path='stored.png', img_labels=np.array([1, 2])))
     assert 'stored.png' in str(e.value)
@@ -267,3 +269,18 @@ def test_img_labels_reach_packed_metainfo_through_flips(tmp_path):
     assert (seg[:, 4:] == 1).all() and (seg[:, :4] == 255).all()
     assert (packed['inputs'][:, :, 4:] == 255).all()
     assert osp.basename(sample.metainfo['img_path']) == 'patch[0110].png'
+
+
+def test_inference_samples_pass_the_annotation_loaders():
+    # What mmseg's inference_model / MMSegInferencer feed the test pipeline:
+    # no mask to load, no labels to find; a flagged name still gives labels.
+    pipeline = Compose([LoadHistoAnnotations(keep_background=True),
+                        LoadImageLevelLabels()])
+    for sample in (dict(img=np.zeros((2, 2, 3), np.uint8)),
+                   dict(img_path='slide_tile.png')):
+        out = pipeline(dict(sample))
+        assert 'gt_seg_map' not in out and 'img_labels' not in out
+    flagged = pipeline(dict(img_path='tile[0110].png'))
+    assert flagged['img_labels'].tolist() == [0, 1, 1, 0]
+    with pytest.raises(KeyError, match='seg_map_path'):
+        LoadHistoAnnotations()(dict(img_path='x.png', img_labels=[1, 0, 0, 0]))

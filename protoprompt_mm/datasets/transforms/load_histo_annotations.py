@@ -7,6 +7,8 @@ import numpy as np
 from mmseg.datasets.transforms import LoadAnnotations
 from mmseg.registry import TRANSFORMS
 
+from .inference_samples import is_inference_sample
+
 
 def check_label_ids(num_classes: int, **label_ids: int) -> None:
     """Check that non-class ids fit uint8 and are no class ids.
@@ -88,11 +90,14 @@ class LoadHistoAnnotations(LoadAnnotations):
     ``keep_background=True``: background then stays ``background_index``,
     distinct from ignored pixels, which ``TissueIoUMetric`` needs for its
     ``'background_as_error'`` protocol (its default protocol ignores
-    background either way).
+    background either way). A sample of mmseg's inference API
+    (``inference_model``, ``MMSegInferencer``: no ``seg_map_path``, no
+    ``img_labels``; see :func:`is_inference_sample`) passes through
+    unchanged, as mmseg drops its own ``LoadAnnotations`` there.
 
     Required Keys:
 
-    - seg_map_path (str): Path of the mask.
+    - seg_map_path (str): Path of the mask (absent in an inference sample).
 
     Added Keys:
 
@@ -129,6 +134,20 @@ class LoadHistoAnnotations(LoadAnnotations):
         self.background_index = background_index
         self.ignore_index = ignore_index
         self.keep_background = keep_background
+
+    def transform(self, results: dict) -> dict:
+        """Load the mask, unless ``results`` is an inference sample.
+
+        Args:
+            results (dict): Result dict.
+
+        Returns:
+            dict: ``results`` with ``gt_seg_map`` (not for an inference
+            sample).
+        """
+        if is_inference_sample(results):
+            return results
+        return super().transform(results)
 
     def _load_seg_map(self, results: dict) -> None:
         """Read, validate and (unless ``keep_background``) remap the mask

@@ -4,6 +4,7 @@ from mmcv.transforms import BaseTransform
 from mmseg.registry import TRANSFORMS
 
 from ..image_labels import labels_from_mask, parse_image_labels
+from .inference_samples import is_inference_sample
 
 
 @TRANSFORMS.register_module()
@@ -14,11 +15,14 @@ class LoadImageLevelLabels(BaseTransform):
     (when not None), the class flags of the file name (see
     :func:`parse_image_labels`), the classes present in ``gt_seg_map``
     (place this transform after ``LoadHistoAnnotations`` for validation /
-    test images whose names carry no flags).
+    test images whose names carry no flags). A sample of mmseg's inference
+    API (no ``img_labels``, no ``seg_map_path``; see
+    :func:`is_inference_sample`) whose file name has no flags passes
+    through without ``img_labels``.
 
     Required Keys:
 
-    - img_path (str)
+    - img_path (str, optional)
     - img_labels (np.ndarray | None, optional)
     - gt_seg_map (np.uint8, optional)
 
@@ -47,7 +51,7 @@ class LoadImageLevelLabels(BaseTransform):
 
         Raises:
             ValueError: If the stored labels are malformed or no source
-                provides labels.
+                provides labels for a dataset's sample.
         """
         path = results.get('img_path')
         labels = results.get('img_labels')
@@ -62,6 +66,8 @@ class LoadImageLevelLabels(BaseTransform):
             labels = parse_image_labels(path, self.num_classes)
         if labels is None and 'gt_seg_map' in results:
             labels = labels_from_mask(results['gt_seg_map'], self.num_classes)
+        if labels is None and is_inference_sample(results):
+            return results
         if labels is None:
             raise ValueError(
                 f'{path}: no image-level labels: the file name has no class '

@@ -1,5 +1,5 @@
 """CAMSegmentor: stage-1 model trained from image-level labels only."""
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from mmengine.logging import print_log
 from mmengine.structures import PixelData
@@ -51,6 +51,12 @@ class CAMSegmentor(FiniteLossMixin, BaseSegmentor):
             - ``scales`` ((1.0,)): input scale factors averaged over.
             - ``flip`` (False): also average over horizontal flips.
         data_preprocessor: ``SegDataPreProcessor`` config.
+        pretrained: Backbone checkpoint, as ``EncoderDecoder`` takes it
+            (mmseg's ``init_model`` passes None); the configs set the
+            backbone's ``init_cfg`` through ``pretrained`` instead.
+        train_cfg: Unused (training options live in the head and its
+            losses); accepted as ``EncoderDecoder`` accepts it, for mmseg's
+            ``init_model``.
         init_cfg: mmengine init config.
     """
 
@@ -60,9 +66,13 @@ class CAMSegmentor(FiniteLossMixin, BaseSegmentor):
                  neck: OptConfigType = None,
                  test_cfg: OptConfigType = None,
                  data_preprocessor: OptConfigType = None,
+                 pretrained: Optional[str] = None,
+                 train_cfg: OptConfigType = None,
                  init_cfg: OptMultiConfig = None) -> None:
         super().__init__(
             data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        if pretrained is not None:
+            backbone = dict(backbone, pretrained=pretrained)
         self.backbone = MODELS.build(backbone)
         if neck is not None:
             self.neck = MODELS.build(neck)
