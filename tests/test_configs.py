@@ -2,6 +2,7 @@
 import copy
 import glob
 import os
+import socket
 
 import pytest
 import torch
@@ -19,8 +20,28 @@ def test_configs_found():
     assert any('protoprompt_r18' in path for path in CONFIGS)
 
 
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a connection fails the test (a download)."""
+    def refuse(*args, **kwargs):
+        raise AssertionError(f'network access attempted: {args}')
+
+    monkeypatch.setattr(socket.socket, 'connect', refuse)
+    monkeypatch.setattr(socket, 'create_connection', refuse)
+    monkeypatch.setattr(socket, 'getaddrinfo', refuse)
+
+
+def test_no_network_fixture_refuses_a_download(no_network):
+    # The guard itself: mmengine's loader of an http checkpoint must fail.
+    from mmengine.runner import CheckpointLoader
+    with pytest.raises(AssertionError, match='network access attempted'):
+        CheckpointLoader.load_checkpoint('https://example.com/weights.pth')
+
+
 @pytest.mark.parametrize('path', CONFIGS)
-def test_config_loads_and_model_builds(path):
+def test_config_loads_and_model_builds(path, no_network):
+    """Each model builds and initialises (init_weights: pretrained
+    checkpoints, init_cfg) offline, then runs a forward pass."""
     cfg = load_config(os.path.join(REPO_ROOT, path))
     runnable = not path.startswith(os.path.join('configs', '_base_'))
     if runnable:
@@ -34,7 +55,9 @@ def test_config_loads_and_model_builds(path):
         # they are built below as configs of their own.
         assert 'backbone' in cfg.model, path
         return
-    model = MODELS.build(cfg.model).eval()
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    model.eval()
     with torch.no_grad():
         out = model(torch.randn(1, 3, 64, 64), mode='tensor')
     num_classes = cfg.model.decode_head.num_classes
