@@ -19,8 +19,10 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# Two pytest-xdist workers (CI has 2 cores), each test file on one worker
+# so that its module fixtures run once.
 test: venv
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 # The main job: synthetic H&E data (generated when absent) -> stage 1 ->
 # pseudo-masks -> stage 2 -> test, printing the results table.

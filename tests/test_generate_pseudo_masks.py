@@ -1,6 +1,7 @@
 """protoprompt_mm.apis.pseudo_masks and sample_panels (what
-tools/generate_pseudo_masks.py and tools/visualize.py run), and stage 1 ->
-pseudo masks -> stage 2 through the real command-line tools."""
+tools/generate_pseudo_masks.py and tools/visualize.py run). Stage 1 ->
+pseudo masks -> stage 2 through the command-line tools is the README's
+"Running mmseg's way" (tests/test_readme_commands.py)."""
 import glob
 import json
 import os
@@ -30,8 +31,6 @@ from protoprompt_mm.utils import load_config
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 STAGE1 = osp.join(REPO_ROOT, 'configs', 'protoprompt',
                   'stage1_cam_r18_synthetic.py')
-STAGE2 = osp.join(REPO_ROOT, 'configs', 'protoprompt',
-                  'protoprompt_r18_synthetic.py')
 STAGE2_DATA = osp.join(REPO_ROOT, 'configs', '_base_', 'datasets',
                        'bcss_wsss.py')
 NUM_TRAIN = 8
@@ -318,38 +317,3 @@ def test_build_label_dataset_drops_mask_loaders_on_train(data_root):
         'data_samples']
     val = build_label_dataset(cfg, 'val')
     assert len(val) == 3 and 'gt_sem_seg' in val[0]['data_samples']
-
-
-def test_end_to_end_stage1_pseudo_masks_stage2(tmp_path):
-    root = str(tmp_path / 'data')
-    run('tools/make_synthetic_histo.py', '--out', root, '--seed', '0',
-        '--num-train', '16', '--num-val', '2', '--num-test', '2', '--size',
-        '64')
-    loaders = []
-    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-        loaders += [
-            f'{loader}.dataset.data_root={root}', f'{loader}.num_workers=0',
-            f'{loader}.persistent_workers=False'
-        ]
-    short = [
-        'train_cfg.max_iters=4', 'train_cfg.val_interval=4',
-        'default_hooks.checkpoint.interval=4',
-        'param_scheduler.0.end=2', 'param_scheduler.1.begin=2',
-        'train_dataloader.batch_size=4'
-    ]
-    work1 = str(tmp_path / 'stage1')
-    run('tools/train.py', STAGE1, '--work-dir', work1, '--cfg-options',
-        *loaders, *short)
-    masks = osp.join(root, 'pseudo_masks')
-    printed = run('tools/generate_pseudo_masks.py', STAGE1,
-                  osp.join(work1, 'iter_4.pth'), '--out', masks,
-                  '--batch-size', '8', '--scales', '1.0', '--cfg-options',
-                  *loaders)
-    assert 'pseudo-mask mIoU:' in printed
-    assert len(glob.glob(osp.join(masks, '*.png'))) == 16
-    assert osp.isfile(osp.join(masks, METRICS_FILE))
-
-    work2 = str(tmp_path / 'stage2')
-    run('tools/train.py', STAGE2, '--work-dir', work2, '--cfg-options',
-        *loaders, *short, f'train_dataloader.dataset.pseudo_mask_dir={masks}')
-    assert osp.isfile(osp.join(work2, 'iter_4.pth'))

@@ -16,8 +16,8 @@ from protoprompt_mm.apis import (METRICS_FILE, build_label_dataset,
                                  generate_pseudo_masks)
 from protoprompt_mm.datasets.transforms import LoadHistoAnnotations
 from protoprompt_mm.utils import load_config
-from test_manifest_training import (  # noqa: F401  (the fixture trained)
-    CLASSES, CONFIG, LOADERS, SIZE, options, output, run_tool, trained)
+from test_manifest_training import (CLASSES, CONFIG, LOADERS, SIZE, options,
+                                    output, run_tool)
 
 MANIFEST_BASE = osp.join(
     osp.dirname(osp.dirname(CONFIG)), '_base_', 'datasets', 'manifest.py')

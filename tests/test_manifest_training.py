@@ -1,5 +1,7 @@
-"""The manifest example config through tools/train.py and tools/test.py --tta
-on tiny data; a corrupt image stops tools/train.py before iteration 1."""
+"""The manifest example config through tools/train.py on tiny data (the
+session's ``trained`` fixture, conftest.py), its TTA views; a corrupt image
+stops tools/train.py before iteration 1. The README's manifest commands
+(train, ``test.py --tta``, pseudo-masks) run in test_readme_commands.py."""
 import glob
 import json
 import os
@@ -10,7 +12,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 from mmengine.config import Config
 from mmseg.registry import DATASETS
 
@@ -82,42 +83,12 @@ def output(proc: subprocess.CompletedProcess) -> str:
     return proc.stdout + proc.stderr
 
 
-@pytest.fixture(scope='module')
-def trained(tmp_path_factory):
-    """tools/train.py on the example config and tiny manifest data."""
-    root = tmp_path_factory.mktemp('manifest')
-    data_root, work_dir = str(root / 'data'), str(root / 'work')
-    make_patches(data_root)
-    proc = run_tool('train.py', CONFIG, '--work-dir', work_dir,
-                    *options(data_root))
-    assert proc.returncode == 0, output(proc)[-6000:]
-    with open(osp.join(work_dir, 'last_checkpoint')) as f:
-        checkpoint = f.read().strip()
-    return dict(data_root=data_root, work_dir=work_dir, log=output(proc),
-                checkpoint=checkpoint)
-
-
 def test_manifest_data_trains_stage_1(trained):
     assert trained['checkpoint'].endswith('iter_2.pth')
     assert 'Saving checkpoint at 2 iterations' in trained['log']
     assert re.search(r'Iter\(val\) \[2/2\].* mIoU: \d+\.\d+  .*'
                      r'IoU\.tumour: .*IoU\.stroma: .*IoU\.necrosis: ',
                      trained['log']), trained['log'][-3000:]
-
-
-def test_tta_test_writes_metrics(trained, tmp_path):
-    work_dir = str(tmp_path / 'tta')
-    proc = run_tool('test.py', CONFIG, trained['checkpoint'], '--tta',
-                    '--work-dir', work_dir, *options(trained['data_root']))
-    assert proc.returncode == 0, output(proc)[-6000:]
-    assert "type='SegTTAModel'" in output(proc)  # the config the run used
-    assert 'Iter(test) [2/2]' in output(proc)
-    metrics_files = glob.glob(osp.join(work_dir, '*', '*.json'))
-    assert len(metrics_files) == 1, metrics_files
-    with open(metrics_files[0]) as f:
-        metrics = json.load(f)
-    assert 0 <= metrics['mIoU'] <= 100
-    assert {f'IoU.{name}' for name in CLASSES} <= set(metrics)
 
 
 def test_tta_pipeline_gives_three_flipped_views(trained):

@@ -11,8 +11,7 @@ from mmengine.config import Config
 
 from protoprompt_mm.apis import (stain_shift_table, with_stain_normalization,
                                  with_stain_shift)
-from test_manifest_training import (  # noqa: F401  (the fixture trained)
-    CONFIG, options, output, run_tool, trained)
+from test_manifest_training import CONFIG, options, output, run_tool
 
 
 def test_shift_goes_right_after_the_image_loading():
