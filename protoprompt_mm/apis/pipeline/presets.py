@@ -121,7 +121,7 @@ BCSS_CLASSES = ['TUM', 'STR', 'LYM', 'NEC']
 LUAD_CLASSES = ['TE', 'NEC', 'LYM', 'TAS']
 PRESETS = {
     # make demo: the full variant only, its prototypes embedded by its own
-    # (untrained) backbone, to stay under 10 minutes.
+    # (untrained) backbone (no plain-CAM stage 1 to train first).
     'demo': Preset(
         variants=ablation_variants('synthetic'),
         default_variants=['full'],
