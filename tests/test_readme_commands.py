@@ -77,6 +77,7 @@ class Block:
     language: str
     text: str
     line: int  # of the opening fence, 1-based
+    section: str  # the ``## `` heading it is under
     static_reason: str = ''
 
     def commands(self) -> List[str]:
@@ -90,8 +91,10 @@ def readme_blocks() -> List[Block]:
     """Every ```bash and ```python block of README.md, in order."""
     with open(README) as f:
         lines = f.read().splitlines()
-    blocks, i = [], 0
+    blocks, i, section = [], 0, ''
     while i < len(lines):
+        if lines[i].startswith('## '):
+            section = lines[i][3:].strip()
         fence = re.match(r'^```(\w+)\s*$', lines[i])
         if not fence:
             i += 1
@@ -103,7 +106,8 @@ def readme_blocks() -> List[Block]:
         marker = STATIC.match(previous)
         if fence.group(1) in ('bash', 'python'):
             blocks.append(Block(fence.group(1), '\n'.join(lines[i + 1:end]),
-                                i + 1, marker.group(1) if marker else ''))
+                                i + 1, section,
+                                marker.group(1) if marker else ''))
         i = end + 1
     return blocks
 
@@ -200,12 +204,9 @@ def readme_run(tmp_path_factory):
 
 
 def mmseg_way_commands() -> List[str]:
-    """The commands of the README's "Running mmseg's way" block."""
-    with open(README) as f:
-        text = f.read()
-    section = text.split("## Running mmseg's way", 1)[1].split('\n## ', 1)[0]
-    block = re.search(r'```bash\n(.*?)```', section, re.S)
-    return Block('bash', block.group(1), 0).commands()
+    """The commands of the README's "Running mmseg's way" bash block."""
+    return next(b for b in readme_blocks() if b.language == 'bash' and
+                b.section == "Running mmseg's way").commands()
 
 
 def test_every_block_is_run_or_says_why_not():
@@ -306,6 +307,13 @@ def test_stage2_without_stage1_checkpoint_stops_early(tmp_path):
 SHELL_TOOLS = {'dist_train.sh': 'train.py', 'dist_test.sh': 'test.py'}
 
 
+def help_script(command: str) -> str:
+    """The ``tools/`` Python script whose ``--help`` lists the flags of a
+    README command ('' for none)."""
+    script = script_of(command)
+    return SHELL_TOOLS.get(script, script)
+
+
 def static_problems(block: Block, helps: Dict[str, str]) -> List[str]:
     """What is wrong with a block that is not run (empty: nothing)."""
     problems = []
@@ -326,8 +334,7 @@ def static_problems(block: Block, helps: Dict[str, str]) -> List[str]:
         for flag, value in zip(words, words[1:]):
             if flag == '--preset' and value not in PRESETS:
                 problems.append(f'{where}: no preset {value!r}')
-        script = script_of(command)
-        script = SHELL_TOOLS.get(script, script)
+        script = help_script(command)
         if script.endswith('.py'):
             if script not in helps:
                 helps.update(tool_helps([script]))
@@ -361,8 +368,7 @@ def tool_helps(scripts: List[str]) -> Dict[str, str]:
 def test_static_blocks_name_what_exists():
     blocks = [b for b in readme_blocks() if b.static_reason]
     assert blocks
-    scripts = {SHELL_TOOLS.get(script_of(c), script_of(c))
-               for block in blocks for c in block.commands()}
+    scripts = {help_script(c) for block in blocks for c in block.commands()}
     helps = tool_helps(sorted(s for s in scripts if s.endswith('.py')))
     problems = [p for block in blocks for p in static_problems(block, helps)]
     assert not problems, '\n'.join(problems)
@@ -372,7 +378,7 @@ def test_static_check_catches_a_renamed_config_flag_and_preset():
     block = Block('bash', '.venv/bin/python tools/run_pipeline.py --preset '
                   'bcss-wsss-pbipp --data-root d --no-such-flag x\n'
                   '.venv/bin/python tools/train.py configs/renamed.py\n'
-                  'make no-such-target', 1, 'test')
+                  'make no-such-target', 1, 'test', 'test')
     problems = '\n'.join(static_problems(block, {}))
     for expected in ("no preset 'bcss-wsss-pbipp'", 'has no --no-such-flag',
                      'configs/renamed.py does not exist', 'no-such-target'):
